@@ -1,0 +1,58 @@
+"""`OrderBook` over the Cython matching core: commands in as Structs, events out as Structs.
+
+The core's own per-command and batch calls (``cython_ext.book.MatchingCore``) skip the Struct
+conversions; this adapter is what the engine and the tests use.
+"""
+
+from __future__ import annotations
+
+from cython_ext.book import MatchingCore
+from engine.book import BookState
+from engine.messages import Command, Event, Side
+from engine.wire import decode_event, pack_commands
+
+
+class CythonBook:
+    """The fast order book; event for event the same as `engine.reference_book.ReferenceBook`."""
+
+    def __init__(self, min_price: int, max_price: int) -> None:
+        self.core = MatchingCore(min_price, max_price)
+
+    @property
+    def min_price(self) -> int:
+        """Bottom of the price band, in ticks."""
+        return int(self.core.min_price)
+
+    @property
+    def max_price(self) -> int:
+        """Top of the price band, in ticks."""
+        return int(self.core.max_price)
+
+    def apply(self, command: Command) -> list[Event]:
+        """Process one sequenced command; return its events in order."""
+        self.core.apply_batch(pack_commands((command,)))
+        return [decode_event(words) for words in self.core.events()]
+
+    def best_bid(self) -> int | None:
+        """Highest bid price, or None."""
+        bid: int | None = self.core.best_bid()
+        return bid
+
+    def best_ask(self) -> int | None:
+        """Lowest ask price, or None."""
+        ask: int | None = self.core.best_ask()
+        return ask
+
+    def depth(self, side: Side, levels: int) -> list[tuple[int, int]]:
+        """Up to ``levels`` (price, shown quantity) pairs of ``side``, best first."""
+        out: list[tuple[int, int]] = self.core.depth(side, levels)
+        return out
+
+    def state(self) -> BookState:
+        """Canonical state, the same shape as the reference book's."""
+        return BookState(
+            self.core.resting_orders(),
+            self.core.pending_stops(),
+            int(self.core.last_price),
+            int(self.core.next_trade_id),
+        )
