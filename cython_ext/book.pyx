@@ -1117,6 +1117,10 @@ cdef class MatchingCore:
             s = o.next
         return out
 
+    def __contains__(self, int64_t order_id) -> bool:
+        """Whether an order with this id is live (resting or a pending stop)."""
+        return self.map_get(order_id) >= 0
+
     def __len__(self) -> int:
         """Number of live orders (resting and pending stops)."""
         return self.map_count

@@ -21,12 +21,12 @@ class CythonBook:
     @property
     def min_price(self) -> int:
         """Bottom of the price band, in ticks."""
-        return int(self.core.min_price)
+        return self.core.min_price
 
     @property
     def max_price(self) -> int:
         """Top of the price band, in ticks."""
-        return int(self.core.max_price)
+        return self.core.max_price
 
     def apply(self, command: Command) -> list[Event]:
         """Process one sequenced command; return its events in order."""
@@ -35,24 +35,21 @@ class CythonBook:
 
     def best_bid(self) -> int | None:
         """Highest bid price, or None."""
-        bid: int | None = self.core.best_bid()
-        return bid
+        return self.core.best_bid()
 
     def best_ask(self) -> int | None:
         """Lowest ask price, or None."""
-        ask: int | None = self.core.best_ask()
-        return ask
+        return self.core.best_ask()
 
     def depth(self, side: Side, levels: int) -> list[tuple[int, int]]:
         """Up to ``levels`` (price, shown quantity) pairs of ``side``, best first."""
-        out: list[tuple[int, int]] = self.core.depth(side, levels)
-        return out
+        return self.core.depth(side, levels)
 
     def state(self) -> BookState:
         """Canonical state, the same shape as the reference book's."""
         return BookState(
             self.core.resting_orders(),
             self.core.pending_stops(),
-            int(self.core.last_price),
-            int(self.core.next_trade_id),
+            self.core.last_price,
+            self.core.next_trade_id,
         )

@@ -157,7 +157,8 @@ class ReferenceBook:
 
     def apply(self, command: Command) -> list[Event]:
         """Process one sequenced command; return its events in order."""
-        self._events = events = []
+        events: list[Event] = []
+        self._events = events
         self._expire(command.ts)
         if isinstance(command, NewOrder):
             self._new_order(command)
