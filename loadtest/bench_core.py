@@ -19,6 +19,7 @@ import msgspec
 from cython_ext.book import MatchingCore
 from engine.book import state_hash
 from engine.cython_book import CythonBook
+from engine.instruments import InstrumentError, Registry, utc_today
 from engine.messages import Amend, Cancel, Command, NewOrder
 from engine.reference_book import ReferenceBook
 from engine.wire import COMMAND_WORDS, pack_commands
@@ -171,9 +172,20 @@ def run_core_bench(
     )
 
 
-def main_core(ops: int, seed: int, runs: int, json_path: str | None) -> int:
+def main_core(ops: int, seed: int, runs: int, symbol: str, json_path: str | None) -> int:
     """CLI body: run, print, optionally write JSON; exit status 1 if any state hash differs."""
-    result = run_core_bench(ops=ops, seed=seed, runs=runs)
+    try:
+        instrument = Registry.load(listing_date=utc_today())[symbol]
+    except InstrumentError as exc:
+        print(f"cmx bench core: {exc}", file=sys.stderr)
+        return 2
+    result = run_core_bench(
+        ops=ops,
+        seed=seed,
+        runs=runs,
+        min_price=instrument.min_price_ticks,
+        max_price=instrument.max_price_ticks,
+    )
     if json_path:
         with open(json_path, "wb") as f:
             f.write(msgspec.json.format(msgspec.json.encode(result)) + b"\n")

@@ -30,9 +30,11 @@ def register(commands: Any) -> None:
     core.add_argument("--seed", type=int, default=1, help="stream seed (default 1)")
     core.add_argument("--runs", type=int, default=5,
                       help="Cython runs; figures are medians (default 5)")
+    core.add_argument("--symbol", default="GPU.H100.SPOT",
+                      help="instrument whose price band the book covers (default GPU.H100.SPOT)")
     core.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
     core.set_defaults(handler=_bench_core)
 
 
 def _bench_core(args: argparse.Namespace) -> int:
-    return main_core(args.ops, args.seed, args.runs, args.json)
+    return main_core(args.ops, args.seed, args.runs, args.symbol, args.json)

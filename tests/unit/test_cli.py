@@ -41,3 +41,10 @@ def test_bench_core_writes_its_figures(tmp_path: Path) -> None:
                 "cython_p50_ns", "cython_p99_ns", "cython_p9999_ns"):
         assert figures[key] > 0, key
     assert figures["commands"] == 3000 + 1000  # the mix after a 1,000-order warm-up
+
+
+def test_bench_core_refuses_an_unknown_symbol() -> None:
+    run = subprocess.run([*CMX, "bench", "core", "--symbol", "GPU.X999.SPOT", "--ops", "10"],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 2
+    assert "GPU.X999.SPOT" in run.stderr
