@@ -1036,24 +1036,30 @@ cdef class MatchingCore:
         return (<char*>self.ev)[:self.ev_n * sizeof(int64_t)]
 
     def paced_latencies(self, const int64_t[::1] commands, int64_t interval_ns,
-                        int64_t[::1] out) -> None:
+                        int64_t[::1] out, int64_t[::1] service=None) -> None:
         """Run commands open loop, one every interval_ns, writing each one's latency.
 
         Latency is measured from the command's scheduled start, so a stall delays and is
-        charged to every command queued behind it (no coordinated omission).
+        charged to every command queued behind it (no coordinated omission). ``service``,
+        if given, receives each command's own run time (from its actual start).
         """
         cdef int64_t n = commands.shape[0] // CMD_WORDS
-        cdef int64_t i, due, start
-        if out.shape[0] < n:
+        cdef int64_t i, due, start, began, done
+        cdef bint keep_service = service is not None
+        if out.shape[0] < n or (keep_service and service.shape[0] < n):
             raise ValueError("latency buffer too small")
         start = now_ns()
         for i in range(n):
             due = start + i * interval_ns
-            while now_ns() < due:
-                pass
+            began = now_ns()
+            while began < due:
+                began = now_ns()
             self.ev_n = 0
             self._run(&commands[i * CMD_WORDS])
-            out[i] = now_ns() - due
+            done = now_ns()
+            out[i] = done - due
+            if keep_service:
+                service[i] = done - began
 
     # --- queries --------------------------------------------------------------------------
 

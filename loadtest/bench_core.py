@@ -20,7 +20,7 @@ from cython_ext.book import MatchingCore
 from engine.book import state_hash
 from engine.cython_book import CythonBook
 from engine.instruments import InstrumentError, Registry, utc_today
-from engine.messages import Amend, Cancel, Command, NewOrder
+from engine.messages import Amend, Cancel, Command, ExpireOrders, NewOrder
 from engine.reference_book import ReferenceBook
 from engine.wire import COMMAND_WORDS, pack_commands
 from loadtest.workload import generate
@@ -50,6 +50,12 @@ class CoreBenchResult(msgspec.Struct):
     cython_p99_ns: int
     cython_p9999_ns: int
     cython_max_ns: int
+    cython_run_p50_ns: int
+    cython_run_p99_ns: int
+    cython_run_p9999_ns: int
+    idle_floor_p50_ns: int
+    idle_floor_p99_ns: int
+    idle_floor_p9999_ns: int
     state_hash: str
     state_hash_equal: bool
 
@@ -75,8 +81,15 @@ def _timed(run: Callable[[], Any]) -> float:
     return (time.perf_counter_ns() - start) / 1e9
 
 
-def _percentile(sorted_ns: Sequence[int], q: float) -> int:
-    return int(sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))])
+def _buffer(n: int) -> memoryview:
+    return memoryview(bytearray(8 * n)).cast("q")
+
+
+def _percentiles(ns: memoryview) -> tuple[int, int, int, int]:
+    """p50, p99, p99.99 and max of a buffer of nanosecond figures."""
+    ordered = sorted(ns)
+    at = [ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.99, 0.9999)]
+    return at[0], at[1], at[2], ordered[-1]
 
 
 def run_core_bench(
@@ -132,13 +145,20 @@ def run_core_bench(
             f"batch {batch[-1]:>12,.0f} ops/s")
 
     book = CythonBook(min_price, max_price)
-    latencies = memoryview(bytearray(8 * n)).cast("q")
-    book.core.paced_latencies(packed, 1_000_000_000 // latency_rate, latencies)
+    interval = 1_000_000_000 // latency_rate
+    latency, service = _buffer(n), _buffer(n)
+    book.core.paced_latencies(packed, interval, latency, service)
     hashes.add(state_hash(book))
-    ordered = sorted(latencies)
-    p50, p99, p9999 = (_percentile(ordered, q) for q in (0.5, 0.99, 0.9999))
-    log(f"latency at {latency_rate:,} ops/s open loop: p50 {p50} ns, p99 {p99} ns, "
-        f"p99.99 {p9999} ns, max {ordered[-1]} ns")
+    # The same harness on commands that do nothing: what the machine alone adds.
+    floor = _buffer(n)
+    idle = pack_commands([ExpireOrders(0)] * n)
+    MatchingCore(min_price, max_price).paced_latencies(idle, interval, floor)
+    open_loop, own, machine = _percentiles(latency), _percentiles(service), _percentiles(floor)
+    for label, (p50, p99, p9999, top) in (
+        ("open loop ", open_loop), ("run time  ", own), ("idle floor", machine)
+    ):
+        log(f"latency {label} at {latency_rate:,} ops/s: p50 {p50:,} ns, p99 {p99:,} ns, "
+            f"p99.99 {p9999:,} ns, max {top:,} ns")
 
     equal = hashes == {expected}
     log(f"state hash {expected}: {'equal in every run' if equal else 'MISMATCH ' + str(hashes)}")
@@ -163,10 +183,16 @@ def run_core_bench(
         speedup_per_command=round(single_med / ref_ops, 2),
         speedup_batch=round(batch_med / ref_ops, 2),
         latency_rate_ops_per_s=latency_rate,
-        cython_p50_ns=p50,
-        cython_p99_ns=p99,
-        cython_p9999_ns=p9999,
-        cython_max_ns=int(ordered[-1]),
+        cython_p50_ns=open_loop[0],
+        cython_p99_ns=open_loop[1],
+        cython_p9999_ns=open_loop[2],
+        cython_max_ns=open_loop[3],
+        cython_run_p50_ns=own[0],
+        cython_run_p99_ns=own[1],
+        cython_run_p9999_ns=own[2],
+        idle_floor_p50_ns=machine[0],
+        idle_floor_p99_ns=machine[1],
+        idle_floor_p9999_ns=machine[2],
         state_hash=expected,
         state_hash_equal=equal,
     )
