@@ -44,6 +44,34 @@ class MatchingCore:
     def paced_latencies(
         self, commands: Buffer, interval_ns: int, out: Buffer, service: Buffer | None = None
     ) -> None: ...
+    def restore_resting(
+        self,
+        order_id: int,
+        account: int,
+        side: int,
+        price: int,
+        remaining: int,
+        shown: int,
+        display_qty: int,
+        tif: int,
+        expire_ts: int,
+        stp: int,
+        post_only: bool,
+    ) -> None: ...
+    def restore_stop(
+        self,
+        order_id: int,
+        account: int,
+        side: int,
+        order_type: int,
+        price: int,
+        stop_price: int,
+        qty: int,
+        tif: int,
+        expire_ts: int,
+        stp: int,
+    ) -> None: ...
+    def restore_trading(self, last_price: int, next_trade_id: int) -> None: ...
     def best_bid(self) -> int | None: ...
     def best_ask(self) -> int | None: ...
     def depth(self, side: int, levels: int) -> list[tuple[int, int]]: ...

@@ -520,12 +520,20 @@ cdef class MatchingCore:
 
     cdef int rest(self, int32_t s) except -1:
         cdef Order* o = &self.pool[s]
+        o.shown = o.remaining if o.display_qty == 0 or o.display_qty > o.remaining \
+            else o.display_qty
+        self.link_resting(s)
+        self.emit(EV_BOOK_LEVEL, o.side, o.price,
+                  self.ladder[o.side].levels[o.price - self.min_price].qty, 0, 0, 0, 0, 0, 0, 0)
+        return 0
+
+    cdef int link_resting(self, int32_t s) except -1:
+        """Put an order (its shown slice set) at the back of its level and into the id map."""
+        cdef Order* o = &self.pool[s]
         cdef int side = o.side
         cdef int64_t idx = o.price - self.min_price
         cdef Ladder* lad = &self.ladder[side]
         cdef Level* lv = &lad.levels[idx]
-        o.shown = o.remaining if o.display_qty == 0 or o.display_qty > o.remaining \
-            else o.display_qty
         if lv.head < 0:
             ladder_set(lad, idx)
             if lad.best < 0 or (idx > lad.best if side == BUY else idx < lad.best):
@@ -538,7 +546,6 @@ cdef class MatchingCore:
             o.in_map = 1
             if o.tif == GTD:
                 self.heap_push(o.expire_ts, o.order_id)
-        self.emit(EV_BOOK_LEVEL, side, o.price, lv.qty, 0, 0, 0, 0, 0, 0, 0)
         return 0
 
     cdef int unlink_resting(self, int32_t s) except -1:
@@ -1060,6 +1067,70 @@ cdef class MatchingCore:
             out[i] = done - due
             if keep_service:
                 service[i] = done - began
+
+    # --- restoring a saved state ---------------------------------------------------------
+
+    cdef int32_t restored_slot(self, int64_t order_id) except -1:
+        if order_id <= 0 or self.map_get(order_id) >= 0:
+            raise ValueError(f"bad or duplicate order id {order_id} in book state")
+        return self.alloc()
+
+    def restore_resting(self, int64_t order_id, int64_t account, int64_t side, int64_t price,
+                        int64_t remaining, int64_t shown, int64_t display_qty, int64_t tif,
+                        int64_t expire_ts, int64_t stp, bint post_only) -> None:
+        """Append a resting order to the back of its level, as a saved state lists it."""
+        if self.check_price(price) or not 0 <= side <= 1 or not 0 < shown <= remaining:
+            raise ValueError(f"bad resting order {order_id} in book state")
+        cdef int32_t s = self.restored_slot(order_id)
+        cdef Order* o = &self.pool[s]
+        o.order_id = order_id
+        o.account = account
+        o.side = <int>side
+        o.order_type = T_LIMIT
+        o.price = price
+        o.stop_price = 0
+        o.remaining = remaining
+        o.shown = shown
+        o.display_qty = display_qty
+        o.tif = <int>tif
+        o.expire_ts = expire_ts
+        o.stp = <int>stp
+        o.post_only = post_only
+        o.in_map = 0
+        self.link_resting(s)
+
+    def restore_stop(self, int64_t order_id, int64_t account, int64_t side, int64_t order_type,
+                     int64_t price, int64_t stop_price, int64_t qty, int64_t tif,
+                     int64_t expire_ts, int64_t stp) -> None:
+        """Append a pending stop to the stop list, as a saved state lists it."""
+        if not 0 <= side <= 1 or order_type not in (T_STOP_LIMIT, T_STOP_MARKET) or qty <= 0:
+            raise ValueError(f"bad stop order {order_id} in book state")
+        cdef int32_t s = self.restored_slot(order_id)
+        cdef Order* o = &self.pool[s]
+        o.order_id = order_id
+        o.account = account
+        o.side = <int>side
+        o.order_type = <int>order_type
+        o.price = price
+        o.stop_price = stop_price
+        o.remaining = qty
+        o.shown = 0
+        o.display_qty = 0
+        o.tif = <int>tif
+        o.expire_ts = expire_ts
+        o.stp = <int>stp
+        o.post_only = 0
+        o.slot = SLOT_STOP
+        self.stop_append(s)
+        self.map_put(order_id, s)
+        o.in_map = 1
+        if o.tif == GTD:
+            self.heap_push(expire_ts, order_id)
+
+    def restore_trading(self, int64_t last_price, int64_t next_trade_id) -> None:
+        """Set the last trade price and the next trade id of a saved state."""
+        self.last_price = last_price
+        self.next_trade_id = next_trade_id
 
     # --- queries --------------------------------------------------------------------------
 

@@ -93,6 +93,10 @@ class OrderBook(Protocol):
         """The book's full state in canonical form (see `BookState`)."""
         ...
 
+    def restore(self, state: BookState) -> None:
+        """Load a state taken with `state` into this empty book."""
+        ...
+
 
 _state_encoder = msgspec.msgpack.Encoder()
 

@@ -53,3 +53,13 @@ class CythonBook:
             self.core.last_price,
             self.core.next_trade_id,
         )
+
+    def restore(self, state: BookState) -> None:
+        """Load ``state`` (as `state` returned it) into this empty book."""
+        if len(self.core):
+            raise ValueError("a book can only be restored while empty")
+        for resting in state.resting:
+            self.core.restore_resting(*resting)
+        for stop in state.stops:
+            self.core.restore_stop(*stop)
+        self.core.restore_trading(state.last_price, state.next_trade_id)

@@ -153,6 +153,39 @@ class ReferenceBook:
         ]
         return BookState(resting, stops, self._last_price, self._next_trade_id)
 
+    def restore(self, state: BookState) -> None:
+        """Load ``state`` (as `state` returned it) into this empty book."""
+        if self._orders:
+            raise ValueError("a book can only be restored while empty")
+        for (order_id, account, side, price, remaining, shown, display_qty, tif, expire_ts,
+             stp, post_only) in state.resting:
+            if self._check_price(price) is not None or order_id in self._orders:
+                raise ValueError(f"bad resting order {order_id} in book state")
+            order = _Order(NewOrder(0, order_id, account, Side(side), price, remaining,
+                                    OrderType.LIMIT, TimeInForce(tif), post_only, display_qty,
+                                    0, expire_ts, STP(stp)))
+            order.shown = shown
+            level = self._side(side).setdefault(price, PriceLevel())
+            level.orders[order_id] = order
+            level.qty += shown
+            self._remember(order)
+        for (order_id, account, side, order_type, price, stop_price, qty, tif, expire_ts,
+             stp) in state.stops:
+            if order_id in self._orders:
+                raise ValueError(f"bad stop order {order_id} in book state")
+            order = _Order(NewOrder(0, order_id, account, Side(side), price, qty,
+                                    OrderType(order_type), TimeInForce(tif), False, 0,
+                                    stop_price, expire_ts, STP(stp)))
+            self._stops[order_id] = order
+            self._remember(order)
+        self._last_price = state.last_price
+        self._next_trade_id = state.next_trade_id
+
+    def _remember(self, order: _Order) -> None:
+        self._orders[order.order_id] = order
+        if order.tif == TimeInForce.GTD:
+            self._expiries.add((order.expire_ts, order.order_id))
+
     # --- commands -----------------------------------------------------------------------------
 
     def apply(self, command: Command) -> list[Event]:
@@ -179,9 +212,7 @@ class ReferenceBook:
             self._events.append(Rejected(cmd.order_id, cmd.account, reason))
             return
         order = _Order(cmd)
-        self._orders[order.order_id] = order
-        if order.tif == TimeInForce.GTD:
-            self._expiries.add((order.expire_ts, order.order_id))
+        self._remember(order)
         self._events.append(
             Accepted(cmd.order_id, cmd.account, cmd.side, cmd.order_type, cmd.price, cmd.qty)
         )
