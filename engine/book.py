@@ -73,6 +73,11 @@ class OrderBook(Protocol):
         """Highest price (ticks) an order may have: the top of the price band."""
         ...
 
+    @property
+    def last_price(self) -> int:
+        """Price of the last trade, 0 before the first."""
+        ...
+
     def apply(self, command: Command) -> list[Event]:
         """Process one sequenced command and return the events it caused, in order."""
         ...

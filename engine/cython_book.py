@@ -28,6 +28,11 @@ class CythonBook:
         """Top of the price band, in ticks."""
         return self.core.max_price
 
+    @property
+    def last_price(self) -> int:
+        """Price of the last trade, 0 before the first."""
+        return self.core.last_price
+
     def apply(self, command: Command) -> list[Event]:
         """Process one sequenced command; return its events in order."""
         self.core.apply_batch(pack_commands((command,)))

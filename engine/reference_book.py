@@ -116,6 +116,11 @@ class ReferenceBook:
         """Top of the price band, in ticks."""
         return self._max_price
 
+    @property
+    def last_price(self) -> int:
+        """Price of the last trade, 0 before the first."""
+        return self._last_price
+
     def best_bid(self) -> int | None:
         """Highest bid price, or None."""
         return self._bids.peekitem(-1)[0] if self._bids else None

@@ -1,0 +1,122 @@
+"""Commands into the exchange (`engine.exchange.Exchange`), as msgspec Structs.
+
+Accounts are Ethereum addresses (``0x`` + 40 hex digits, compared in lower case). Prices are
+integer ticks of the named instrument, quantities integer lots, money integer micro-USDC.
+A command carries no time of its own: the sequencer wraps it in `Sequenced` with its sequence
+number and timestamp, and the exchange sees time only through that stamp.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from engine.messages import OrderType, SelfTradePrevention, Side, TimeInForce
+
+
+class PlaceOrder(msgspec.Struct, frozen=True, tag="place_order"):
+    """Enter an order on ``symbol``; the exchange assigns its order id."""
+
+    account: str
+    symbol: str
+    side: Side
+    qty: int
+    price: int = 0
+    order_type: OrderType = OrderType.LIMIT
+    tif: TimeInForce = TimeInForce.GTC
+    post_only: bool = False
+    display_qty: int = 0
+    stop_price: int = 0
+    expire_ts: int = 0
+    stp: SelfTradePrevention = SelfTradePrevention.CANCEL_NEWEST
+    client_order_id: str = ""
+
+
+class CancelOrder(msgspec.Struct, frozen=True, tag="cancel_order"):
+    """Cancel one of the account's orders."""
+
+    account: str
+    symbol: str
+    order_id: int
+
+
+class AmendOrder(msgspec.Struct, frozen=True, tag="amend_order"):
+    """Change one of the account's resting orders (see `engine.messages.Amend`)."""
+
+    account: str
+    symbol: str
+    order_id: int
+    price: int
+    qty: int
+
+
+class CancelAll(msgspec.Struct, frozen=True, tag="cancel_all"):
+    """Cancel the account's orders, on one symbol or all, on one side or both."""
+
+    account: str
+    symbol: str | None = None
+    side: Side | None = None
+
+
+class CreditDeposit(msgspec.Struct, frozen=True, tag="credit_deposit"):
+    """Credit collateral that arrived on chain. Idempotent by ``deposit_id``."""
+
+    deposit_id: int
+    account: str
+    amount: int
+
+
+class RequestWithdrawal(msgspec.Struct, frozen=True, tag="request_withdrawal"):
+    """Take ``amount`` out of the account's free collateral, to be paid on chain."""
+
+    withdrawal_id: int
+    account: str
+    amount: int
+
+
+class SetCapacity(msgspec.Struct, frozen=True, tag="set_capacity"):
+    """The number of units (GPUs, kW) of ``underlying`` a provider may sell per window."""
+
+    account: str
+    underlying: str
+    units: int
+
+
+class IndexFix(msgspec.Struct, frozen=True, tag="index_fix"):
+    """An oracle's daily index fix for ``underlying`` on ``day`` (YYYYMMDD).
+
+    ``price`` is micro-USDC per unit of the underlying's quote (per GPU-hour, per kW-month...).
+    """
+
+    underlying: str
+    day: int
+    price: int
+
+
+class ClearingCut(msgspec.Struct, frozen=True, tag="clearing_cut"):
+    """Mark futures, move variation margin, check maintenance, liquidate what breaches."""
+
+
+class Timer(msgspec.Struct, frozen=True, tag="timer"):
+    """Let time pass: expire GTD orders, halt and settle futures, close delivery windows."""
+
+
+ExchangeCommand = (
+    PlaceOrder
+    | CancelOrder
+    | AmendOrder
+    | CancelAll
+    | CreditDeposit
+    | RequestWithdrawal
+    | SetCapacity
+    | IndexFix
+    | ClearingCut
+    | Timer
+)
+
+
+class Sequenced(msgspec.Struct, frozen=True, array_like=True):
+    """A command as the sequencer stamped it: its place in the journal and its time (ns)."""
+
+    seq: int
+    ts: int
+    command: ExchangeCommand

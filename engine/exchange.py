@@ -1,0 +1,851 @@
+"""`Exchange`: the deterministic state machine behind every CMX instrument.
+
+``apply(Sequenced) -> events`` is a pure function of the state and the stamped command: no
+wall clock, randomness or I/O. It checks collateral (risk), runs the instrument's order book,
+moves money in the `Ledger`, keeps futures positions, opens and settles spot deliveries,
+marks and clears futures, and expires what has expired when a `Timer` arrives.
+
+Choices the design left open, written down:
+
+* Spot buys hold the premium at their limit price (market orders: the top of the band) plus
+  the taker fee on it; spot sells hold the bond on their own limit price. The buyer's fee is
+  charged at the fill, the seller's on the delivered premium when the window closes.
+* Futures hold the taker fee per order and initial margin per instrument, on the net worst
+  case of position and open orders, valued at the instrument's mark (the last clearing mark;
+  the reference price before the first). Variation margin moves at clearing cuts only;
+  meanwhile losses not yet settled count against free collateral.
+* ``available`` can go below zero only at a clearing cut. An account whose equity is below
+  maintenance is liquidated; any account left with negative equity is topped up by the
+  insurance fund, which may itself go negative (and says so) rather than create money.
+* Index fixes are in micro-USDC per unit of the futures' quote. A future halts at its last
+  trade time and settles, once its delivery month is over, at the mean of the month's fixes
+  rounded to its tick; without fixes it waits for them.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import heapq
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import msgspec
+
+from engine.book import BookState, OrderBook
+from engine.commands import (
+    AmendOrder,
+    CancelAll,
+    CancelOrder,
+    ClearingCut,
+    CreditDeposit,
+    IndexFix,
+    PlaceOrder,
+    RequestWithdrawal,
+    Sequenced,
+    SetCapacity,
+    Timer,
+)
+from engine.cython_book import CythonBook
+from engine.delivery import Delivery, payout, window_start
+from engine.events import (
+    BalanceChanged,
+    BookUpdate,
+    CapacitySet,
+    ClearingCompleted,
+    CommandRejected,
+    DeliveryOpened,
+    DeliverySettled,
+    DepositCredited,
+    ExchangeEvent,
+    FinalSettlement,
+    IndexFixed,
+    InstrumentHalted,
+    InsuranceCover,
+    Liquidation,
+    MarkPrice,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderRejected,
+    OrderTriggered,
+    PositionChanged,
+    Reason,
+    Trade,
+    VariationMargin,
+    WithdrawalRequested,
+)
+from engine.instruments import Instrument, InstrumentKind
+from engine.ledger import FEE_ACCOUNT, INSURANCE_FUND, SYSTEM_ACCOUNTS, Balances, Ledger, is_address
+from engine.messages import (
+    Accepted,
+    Amend,
+    Amended,
+    BookLevel,
+    Cancel,
+    Cancelled,
+    ExpireOrders,
+    Fill,
+    MassCancel,
+    NewOrder,
+    OrderType,
+    Rejected,
+    RejectReason,
+    SelfTradePrevention,
+    Side,
+    TimeInForce,
+    Triggered,
+)
+from engine.messages import Event as BookEvent
+from engine.positions import Position
+from engine.risk import fee, held, net_exposure, spot_buy_lock
+
+BookFactory = Callable[[int, int], OrderBook]
+NS = 1_000_000_000
+
+
+class LiveOrder(msgspec.Struct, array_like=True):
+    """An order the exchange holds collateral for."""
+
+    order_id: int
+    account: str
+    symbol: str
+    side: Side
+    limit: int  # the price its lock is computed on
+    remaining: int
+    lock: int  # micro-USDC in the account's reserved bucket for this order
+
+
+class Market:
+    """One instrument: its book and its trading state."""
+
+    def __init__(self, instrument: Instrument, book_factory: BookFactory) -> None:
+        self.instrument = instrument
+        self.symbol = instrument.symbol
+        self.spot = instrument.kind == InstrumentKind.SPOT
+        self.min_price, self.max_price = instrument.min_price_ticks, instrument.max_price_ticks
+        self.book = book_factory(self.min_price, self.max_price)
+        self.tick_value = instrument.micro_usdc_per_tick_lot
+        self.tick_micro: int = instrument.tick_units * 10**6 // 10**instrument.price_precision
+        self.window_ns = instrument.delivery_window_seconds * NS
+        self.mark = instrument.reference_price_ticks
+        self.halted = False
+        self.settled = False
+        self.positions: dict[str, Position] = {}
+        expiry = instrument.expiry
+        self.last_trade_ns = expiry.last_trade_ns if expiry else 0
+        if expiry:
+            year, month = (expiry.year + 1, 1) if expiry.month == 12 else \
+                (expiry.year, expiry.month + 1)
+            self.month_end_ns = calendar.timegm((year, month, 1, 0, 0, 0)) * NS
+        else:
+            self.month_end_ns = 0
+
+    def order_lock(self, side: Side, limit: int, qty: int) -> int:
+        """What an order of ``qty`` lots at ``limit`` holds in reserved besides margin."""
+        spec = self.instrument
+        notional = limit * qty * self.tick_value
+        if not self.spot:
+            return fee(notional, spec.taker_fee_bp)
+        if side == Side.BUY:
+            return spot_buy_lock(notional, spec.buyer_premium_lock_bp, spec.taker_fee_bp)
+        return held(notional, spec.seller_bond_bp)
+
+    def initial_margin(self, lots: int) -> int:
+        """Initial margin on ``lots`` at the mark."""
+        return held(lots * self.mark * self.tick_value, self.instrument.initial_margin_bp)
+
+    def maintenance_margin(self, lots: int) -> int:
+        """Maintenance margin on ``lots`` at the mark."""
+        return held(lots * self.mark * self.tick_value, self.instrument.maintenance_margin_bp)
+
+    def to_ticks(self, micro: int, count: int = 1) -> int:
+        """The mean ``micro / count`` (micro-USDC per unit) rounded half up to a tick."""
+        return (2 * micro + count * self.tick_micro) // (2 * count * self.tick_micro)
+
+
+class ExchangeState(msgspec.Struct, frozen=True, array_like=True):
+    """Everything the exchange knows, canonically ordered: a snapshot and the hash input."""
+
+    last_seq: int
+    next_order_id: int
+    next_delivery_id: int
+    cuts: int
+    instruments: list[Instrument]
+    account_ids: list[str]
+    balances: list[tuple[str, Balances]]
+    deposited: int
+    withdrawn: int
+    orders: list[LiveOrder]
+    positions: list[tuple[str, str, Position]]
+    markets: list[tuple[str, bool, bool, int, BookState]]
+    deliveries: list[Delivery]
+    capacity: list[tuple[str, str, int]]
+    sold: list[tuple[str, str, int, int]]
+    open_sells: list[tuple[str, str, int]]
+    deposits_seen: list[int]
+    withdrawals_seen: list[int]
+    fixes: list[tuple[str, int, int]]
+
+
+_BOOK_REASONS = {reason.value: Reason(reason.name.lower()) for reason in RejectReason}
+
+
+class Exchange:
+    """All instruments, accounts and money of CMX, advanced one sequenced command at a time."""
+
+    def __init__(self, instruments: Iterable[Instrument],
+                 book_factory: BookFactory = CythonBook) -> None:
+        self._book_factory = book_factory
+        self.markets: dict[str, Market] = {}
+        for instrument in instruments:
+            self.markets[instrument.symbol] = Market(instrument, book_factory)
+        self._market_order = sorted(self.markets)
+        self.underlyings = {m.instrument.underlying for m in self.markets.values()}
+        self.ledger = Ledger()
+        self.orders: dict[int, LiveOrder] = {}
+        self.account_ids: dict[str, int] = {}
+        self.account_names: list[str] = []
+        self.capacity: dict[tuple[str, str], int] = {}
+        self.sold: dict[tuple[str, str, int], int] = {}
+        self.open_sells: dict[tuple[str, str], int] = {}
+        self.deliveries: dict[int, Delivery] = {}
+        self._delivery_queue: list[tuple[int, int]] = []
+        self.deposits_seen: set[int] = set()
+        self.withdrawals_seen: set[int] = set()
+        self.fixes: dict[tuple[str, int], int] = {}
+        self.last_seq = 0
+        self.next_order_id = 1
+        self.next_delivery_id = 1
+        self.cuts = 0
+        self._ts = 0
+        self._events: list[ExchangeEvent] = []
+        self._positions_touched: dict[tuple[str, str], None] = {}
+        self._placing: dict[int, PlaceOrder] = {}
+        self._futures_held: dict[str, list[Market]] = {}  # futures with a position, by account
+        self._cancel_reason: Reason | None = None
+
+    # --- the one entry point --------------------------------------------------------------
+
+    def apply(self, sequenced: Sequenced) -> list[ExchangeEvent]:
+        """Apply the next sequenced command; return its events in order."""
+        if sequenced.seq != self.last_seq + 1:
+            raise ValueError(f"command {sequenced.seq} out of sequence after {self.last_seq}")
+        self.last_seq = sequenced.seq
+        self._ts = sequenced.ts
+        events: list[ExchangeEvent] = []
+        self._events = events
+        self.ledger.touched.clear()
+        self._positions_touched.clear()
+        command = sequenced.command
+        handler = self._handlers[type(command)]
+        handler(self, command)
+        for account in self.ledger.touched:
+            if account not in SYSTEM_ACCOUNTS:
+                b = self.ledger.accounts[account]
+                events.append(BalanceChanged(account, b.available, b.reserved, b.margin,
+                                             b.escrow))
+        for account, symbol in self._positions_touched:
+            p = self.markets[symbol].positions[account]
+            events.append(PositionChanged(account, symbol, p.qty, p.entry_value,
+                                          p.realized_pnl))
+        return events
+
+    # --- orders ---------------------------------------------------------------------------
+
+    def _place(self, cmd: PlaceOrder) -> None:
+        market = self.markets.get(cmd.symbol)
+        reason = self._order_refusal(cmd, market)
+        if reason is None:
+            assert market is not None
+            reason = self._collateral_refusal(cmd, market)
+        if reason is not None:
+            self._events.append(OrderRejected(0, cmd.account, cmd.symbol, cmd.client_order_id,
+                                              reason))
+            return
+        assert market is not None
+        self._submit(cmd, market)
+
+    def _submit(self, cmd: PlaceOrder, market: Market) -> None:
+        order_id = self.next_order_id
+        self.next_order_id += 1
+        self._placing[order_id] = cmd
+        self._book(market, NewOrder(self._ts, order_id, self._account_id(cmd.account), cmd.side,
+                                    cmd.price, cmd.qty, cmd.order_type, cmd.tif, cmd.post_only,
+                                    cmd.display_qty, cmd.stop_price, cmd.expire_ts, cmd.stp))
+        self._placing.pop(order_id, None)
+
+    def _order_refusal(self, cmd: PlaceOrder, market: Market | None) -> Reason | None:
+        if market is None:
+            return Reason.UNKNOWN_SYMBOL
+        if not is_address(cmd.account) or cmd.account in SYSTEM_ACCOUNTS:
+            return Reason.INVALID_ACCOUNT
+        if market.halted:
+            return Reason.INSTRUMENT_HALTED
+        if cmd.qty <= 0:
+            return Reason.INVALID_QUANTITY
+        return None
+
+    def _limit(self, cmd: PlaceOrder, market: Market) -> int:
+        if cmd.order_type in (OrderType.MARKET, OrderType.STOP_MARKET):
+            return market.max_price if cmd.side == Side.BUY else market.min_price
+        return cmd.price
+
+    def _collateral_refusal(self, cmd: PlaceOrder, market: Market) -> Reason | None:
+        limit = self._limit(cmd, market)
+        if not market.min_price <= limit <= market.max_price:
+            return None  # the book refuses it with the precise reason
+        need = market.order_lock(cmd.side, limit, cmd.qty)
+        if market.spot:
+            if cmd.side == Side.SELL and self._over_capacity(cmd.account, market, cmd.qty):
+                return Reason.CAPACITY_EXCEEDED
+        else:
+            position = market.positions.get(cmd.account) or Position()
+            buys = position.open_buys + (cmd.qty if cmd.side == Side.BUY else 0)
+            sells = position.open_sells + (cmd.qty if cmd.side == Side.SELL else 0)
+            required = market.initial_margin(net_exposure(position.qty, buys, sells))
+            need += max(0, required - position.held_orders - position.held_position)
+        if need > self.free_collateral(cmd.account):
+            return Reason.INSUFFICIENT_FUNDS if market.spot else Reason.INSUFFICIENT_MARGIN
+        return None
+
+    def _over_capacity(self, account: str, market: Market, qty: int) -> bool:
+        underlying = market.instrument.underlying
+        window = window_start(self._ts, market.window_ns)
+        committed = self.open_sells.get((account, market.symbol), 0) + \
+            self.sold.get((account, underlying, window), 0)
+        return committed + qty > self.capacity.get((account, underlying), 0)
+
+    def free_collateral(self, account: str) -> int:
+        """What the account may commit now: available, less futures losses not yet settled."""
+        free = self.ledger.balances(account).available
+        unsettled = 0
+        for market in self._futures_held.get(account, ()):
+            unsettled += market.positions[account].unsettled(market.mark) * market.tick_value
+        return free + min(0, unsettled)
+
+    def _cancel(self, cmd: CancelOrder) -> None:
+        order = self.orders.get(cmd.order_id)
+        if order is None or order.account != cmd.account or order.symbol != cmd.symbol:
+            self._events.append(OrderRejected(cmd.order_id, cmd.account, cmd.symbol, "",
+                                              Reason.UNKNOWN_ORDER))
+            return
+        market = self.markets[order.symbol]
+        self._book(market, Cancel(self._ts, order.order_id, self.account_ids[order.account]))
+
+    def _amend(self, cmd: AmendOrder) -> None:
+        order = self.orders.get(cmd.order_id)
+        if order is None or order.account != cmd.account or order.symbol != cmd.symbol:
+            self._events.append(OrderRejected(cmd.order_id, cmd.account, cmd.symbol, "",
+                                              Reason.UNKNOWN_ORDER))
+            return
+        market = self.markets[order.symbol]
+        if cmd.qty > 0 and market.min_price <= cmd.price <= market.max_price:
+            need = market.order_lock(order.side, cmd.price, cmd.qty) - order.lock
+            if not market.spot:
+                position = market.positions[order.account]
+                more = cmd.qty - order.remaining
+                buys = position.open_buys + (more if order.side == Side.BUY else 0)
+                sells = position.open_sells + (more if order.side == Side.SELL else 0)
+                required = market.initial_margin(net_exposure(position.qty, buys, sells))
+                need += required - position.held_orders - position.held_position
+            elif order.side == Side.SELL and cmd.qty > order.remaining and \
+                    self._over_capacity(order.account, market, cmd.qty - order.remaining):
+                self._events.append(OrderRejected(cmd.order_id, cmd.account, cmd.symbol, "",
+                                                  Reason.CAPACITY_EXCEEDED))
+                return
+            if need > 0 and need > self.free_collateral(order.account):
+                reason = Reason.INSUFFICIENT_FUNDS if market.spot else Reason.INSUFFICIENT_MARGIN
+                self._events.append(OrderRejected(cmd.order_id, cmd.account, cmd.symbol, "",
+                                                  reason))
+                return
+        self._book(market, Amend(self._ts, order.order_id, self.account_ids[order.account],
+                                 cmd.price, cmd.qty))
+
+    def _cancel_all(self, cmd: CancelAll) -> None:
+        account_id = self.account_ids.get(cmd.account)
+        if cmd.symbol is not None and cmd.symbol not in self.markets:
+            self._events.append(CommandRejected("cancel_all", cmd.account, 0,
+                                                Reason.UNKNOWN_SYMBOL))
+            return
+        if account_id is None:
+            return
+        symbols = [cmd.symbol] if cmd.symbol is not None else self._market_order
+        for symbol in symbols:
+            self._book(self.markets[symbol], MassCancel(self._ts, account_id, cmd.side))
+
+    def _account_id(self, account: str) -> int:
+        found = self.account_ids.get(account)
+        if found is None:
+            self.account_names.append(account)
+            found = self.account_ids[account] = len(self.account_names)
+        return found
+
+    # --- what the books say ---------------------------------------------------------------
+
+    def _book(self, market: Market, command: NewOrder | Cancel | Amend | MassCancel |
+              ExpireOrders) -> None:
+        for event in market.book.apply(command):
+            self._on_book_event(market, event)
+
+    def _on_book_event(self, market: Market, event: BookEvent) -> None:
+        events = self._events
+        symbol = market.symbol
+        if isinstance(event, BookLevel):
+            events.append(BookUpdate(symbol, event.side, event.price, event.qty))
+        elif isinstance(event, Fill):
+            self._on_fill(market, event)
+        elif isinstance(event, Accepted):
+            self._on_accepted(market, event)
+        elif isinstance(event, Cancelled):
+            order = self.orders[event.order_id]
+            self._resize(market, order, event.remaining, release=True)
+            reason = self._cancel_reason or Reason(event.reason.name.lower())
+            events.append(OrderCancelled(event.order_id, order.account, symbol, reason,
+                                         event.qty, event.remaining))
+        elif isinstance(event, Amended):
+            order = self.orders[event.order_id]
+            order.limit = event.price
+            self._resize(market, order, event.qty, release=True)
+            events.append(OrderAmended(event.order_id, order.account, symbol, event.price,
+                                       event.qty))
+        elif isinstance(event, Triggered):
+            order = self.orders[event.order_id]
+            events.append(OrderTriggered(event.order_id, order.account, symbol,
+                                         event.stop_price))
+        else:
+            assert isinstance(event, Rejected)
+            placing = self._placing.get(event.order_id)
+            account = self.account_names[event.account - 1]
+            events.append(OrderRejected(0 if placing else event.order_id, account, symbol,
+                                        placing.client_order_id if placing else "",
+                                        _BOOK_REASONS[event.reason]))
+
+    def _on_accepted(self, market: Market, event: Accepted) -> None:
+        cmd = self._placing[event.order_id]
+        limit = self._limit(cmd, market)
+        order = LiveOrder(event.order_id, cmd.account, market.symbol, cmd.side, limit, 0, 0)
+        self.orders[event.order_id] = order
+        self._resize(market, order, cmd.qty, release=False)
+        self._events.append(OrderAccepted(event.order_id, cmd.account, market.symbol,
+                                          cmd.client_order_id, cmd.side, cmd.order_type,
+                                          cmd.tif, cmd.price, cmd.qty, cmd.stop_price))
+
+    def _resize(self, market: Market, order: LiveOrder, remaining: int, *,
+                release: bool) -> int:
+        """Set an order's open quantity: adjust its lock and the open lots it counts for.
+
+        Returns the lock it gave up; with ``release`` that goes back to available.
+        """
+        change = remaining - order.remaining
+        lock = market.order_lock(order.side, order.limit, remaining) if remaining else 0
+        freed = order.lock - lock
+        if release or freed < 0:
+            self.ledger.move(order.account, "reserved", "available", freed)
+        order.lock = lock
+        order.remaining = remaining
+        if remaining == 0:
+            del self.orders[order.order_id]
+        if market.spot:
+            if order.side == Side.SELL:
+                key = (order.account, market.symbol)
+                left = self.open_sells.get(key, 0) + change
+                if left:
+                    self.open_sells[key] = left
+                else:
+                    self.open_sells.pop(key, None)
+        else:
+            position = self._position(market, order.account, touch=False)
+            if order.side == Side.BUY:
+                position.open_buys += change
+            else:
+                position.open_sells += change
+            self._remargin(market, order.account, position)
+        return freed
+
+    def _on_fill(self, market: Market, fill: Fill) -> None:
+        spec = market.instrument
+        maker = self.orders[fill.maker_order_id]
+        taker = self.orders[fill.taker_order_id]
+        notional = fill.price * fill.qty * market.tick_value
+        maker_fee_bp, taker_fee_bp = spec.maker_fee_bp, spec.taker_fee_bp
+        maker_account, taker_account = maker.account, taker.account
+        buyer_is_maker = maker.side == Side.BUY
+        trade = Trade(market.symbol, fill.trade_id, fill.price, fill.qty, fill.aggressor_side,
+                      fill.maker_order_id, fill.taker_order_id, maker_account, taker_account,
+                      fill.maker_remaining, fill.taker_remaining, 0, 0)
+        if market.spot:
+            buyer, seller = (maker, taker) if buyer_is_maker else (taker, maker)
+            buyer_bp, seller_bp = (maker_fee_bp, taker_fee_bp) if buyer_is_maker else \
+                (taker_fee_bp, maker_fee_bp)
+            buyer_fee = fee(notional, buyer_bp)
+            self._resize(market, buyer, fill.maker_remaining if buyer_is_maker
+                         else fill.taker_remaining, release=True)
+            bond = self._resize(market, seller, fill.taker_remaining if buyer_is_maker
+                                else fill.maker_remaining, release=False)
+            ledger = self.ledger
+            ledger.move(buyer.account, "available", "escrow", notional)
+            ledger.transfer(buyer.account, "available", FEE_ACCOUNT, "available", buyer_fee)
+            ledger.move(seller.account, "reserved", "escrow", bond)
+            trade = msgspec.structs.replace(
+                trade, **{"maker_fee" if buyer_is_maker else "taker_fee": buyer_fee})
+            self._events.append(trade)
+            self._open_delivery(market, fill, buyer.account, seller.account, notional, bond,
+                                seller_bp)
+            return
+        maker_fee, taker_fee = fee(notional, maker_fee_bp), fee(notional, taker_fee_bp)
+        for order, remaining, charged in ((maker, fill.maker_remaining, maker_fee),
+                                          (taker, fill.taker_remaining, taker_fee)):
+            position = self._position(market, order.account)
+            position.trade(fill.qty if order.side == Side.BUY else -fill.qty, fill.price,
+                           market.tick_value)
+            self._resize(market, order, remaining, release=True)
+            self.ledger.transfer(order.account, "available", FEE_ACCOUNT, "available", charged)
+        self._events.append(msgspec.structs.replace(trade, maker_fee=maker_fee,
+                                                    taker_fee=taker_fee))
+
+    def _open_delivery(self, market: Market, fill: Fill, buyer: str, seller: str,
+                       premium: int, bond: int, seller_fee_bp: int) -> None:
+        start = window_start(self._ts, market.window_ns)
+        underlying = market.instrument.underlying
+        key = (seller, underlying, start)
+        self.sold[key] = self.sold.get(key, 0) + fill.qty
+        delivery = Delivery(self.next_delivery_id, market.symbol, underlying, fill.trade_id,
+                            seller, buyer, fill.qty, start, start + market.window_ns, premium,
+                            bond, seller_fee_bp)
+        self.next_delivery_id += 1
+        self.deliveries[delivery.delivery_id] = delivery
+        heapq.heappush(self._delivery_queue, (delivery.window_end, delivery.delivery_id))
+        self._events.append(DeliveryOpened(delivery.delivery_id, market.symbol, fill.trade_id,
+                                           seller, buyer, fill.qty, start, delivery.window_end,
+                                           premium, bond))
+
+    def _position(self, market: Market, account: str, *, touch: bool = True) -> Position:
+        """The account's position in a future (created flat); ``touch`` reports it."""
+        position = market.positions.get(account)
+        if position is None:
+            position = market.positions[account] = Position()
+            self._futures_held.setdefault(account, []).append(market)
+        if touch:
+            self._positions_touched[(account, market.symbol)] = None
+        return position
+
+    def _remargin(self, market: Market, account: str, position: Position) -> None:
+        """Hold exactly the initial margin the position and its open orders need now."""
+        on_position = market.initial_margin(abs(position.qty))
+        total = market.initial_margin(net_exposure(position.qty, position.open_buys,
+                                                   position.open_sells))
+        on_orders = total - on_position
+        self.ledger.move(account, "available", "reserved", on_orders - position.held_orders)
+        self.ledger.move(account, "available", "margin", on_position - position.held_position)
+        position.held_orders = on_orders
+        position.held_position = on_position
+
+    # --- money in and out -----------------------------------------------------------------
+
+    def _deposit(self, cmd: CreditDeposit) -> None:
+        reason = None
+        if not is_address(cmd.account) or cmd.account == FEE_ACCOUNT:
+            reason = Reason.INVALID_ACCOUNT
+        elif cmd.amount <= 0:
+            reason = Reason.INVALID_AMOUNT
+        elif cmd.deposit_id in self.deposits_seen:
+            reason = Reason.DUPLICATE_DEPOSIT
+        if reason is not None:
+            self._events.append(CommandRejected("credit_deposit", cmd.account, cmd.deposit_id,
+                                                reason))
+            return
+        self.deposits_seen.add(cmd.deposit_id)
+        self.ledger.deposit(cmd.account, cmd.amount)
+        self._events.append(DepositCredited(cmd.deposit_id, cmd.account, cmd.amount))
+
+    def _withdraw(self, cmd: RequestWithdrawal) -> None:
+        reason = None
+        if not is_address(cmd.account) or cmd.account in SYSTEM_ACCOUNTS:
+            reason = Reason.INVALID_ACCOUNT
+        elif cmd.amount <= 0:
+            reason = Reason.INVALID_AMOUNT
+        elif cmd.withdrawal_id in self.withdrawals_seen:
+            reason = Reason.DUPLICATE_WITHDRAWAL
+        elif cmd.amount > self.free_collateral(cmd.account):
+            reason = Reason.INSUFFICIENT_FUNDS
+        if reason is not None:
+            self._events.append(CommandRejected("request_withdrawal", cmd.account,
+                                                cmd.withdrawal_id, reason))
+            return
+        self.withdrawals_seen.add(cmd.withdrawal_id)
+        self.ledger.withdraw(cmd.account, cmd.amount)
+        self._events.append(WithdrawalRequested(cmd.withdrawal_id, cmd.account, cmd.amount))
+
+    def _set_capacity(self, cmd: SetCapacity) -> None:
+        reason = None
+        if not is_address(cmd.account) or cmd.account in SYSTEM_ACCOUNTS:
+            reason = Reason.INVALID_ACCOUNT
+        elif not any(m.spot and m.instrument.underlying == cmd.underlying
+                     for m in self.markets.values()):
+            reason = Reason.UNKNOWN_UNDERLYING
+        elif cmd.units < 0:
+            reason = Reason.INVALID_AMOUNT
+        if reason is not None:
+            self._events.append(CommandRejected("set_capacity", cmd.account, 0, reason))
+            return
+        self.capacity[(cmd.account, cmd.underlying)] = cmd.units
+        self._events.append(CapacitySet(cmd.account, cmd.underlying, cmd.units))
+
+    def _index_fix(self, cmd: IndexFix) -> None:
+        month, day = cmd.day // 100 % 100, cmd.day % 100
+        if cmd.underlying not in self.underlyings:
+            reason: Reason | None = Reason.UNKNOWN_UNDERLYING
+        elif cmd.price <= 0 or not 1 <= month <= 12 or not 1 <= day <= 31:
+            reason = Reason.INVALID_AMOUNT
+        else:
+            reason = None
+        if reason is not None:
+            self._events.append(CommandRejected("index_fix", "", cmd.day, reason))
+            return
+        self.fixes[(cmd.underlying, cmd.day)] = cmd.price
+        self._events.append(IndexFixed(cmd.underlying, cmd.day, cmd.price))
+
+    # --- time -----------------------------------------------------------------------------
+
+    def _timer(self, timer: Timer) -> None:
+        ts = self._ts
+        for symbol in self._market_order:
+            market = self.markets[symbol]
+            self._book(market, ExpireOrders(ts))
+            if market.spot or market.settled:
+                continue
+            if not market.halted and ts >= market.last_trade_ns:
+                self._halt(market)
+            if market.halted and ts >= market.month_end_ns:
+                self._settle_expiry(market)
+        while self._delivery_queue and self._delivery_queue[0][0] <= ts:
+            _, delivery_id = heapq.heappop(self._delivery_queue)
+            self._close_delivery(self.deliveries.pop(delivery_id))
+
+    def _halt(self, market: Market) -> None:
+        market.halted = True
+        self._events.append(InstrumentHalted(market.symbol))
+        owners = sorted({self.account_ids[o.account] for o in self.orders.values()
+                         if o.symbol == market.symbol})
+        self._cancel_reason = Reason.HALTED
+        for account_id in owners:
+            self._book(market, MassCancel(self._ts, account_id))
+        self._cancel_reason = None
+
+    def _settle_expiry(self, market: Market) -> None:
+        expiry = market.instrument.expiry
+        assert expiry is not None
+        first = expiry.year * 10000 + expiry.month * 100
+        fixes = [price for (underlying, day), price in self.fixes.items()
+                 if underlying == market.instrument.underlying and first < day < first + 100]
+        if not fixes:
+            return
+        price = market.to_ticks(sum(fixes), len(fixes))
+        market.settled = True
+        market.mark = price
+        for account in sorted(market.positions):
+            position = self._position(market, account)
+            position.trade(-position.qty, price, market.tick_value)
+            self._pay_variation(market, account, position.settle(price))
+            self._remargin(market, account, position)
+        self._events.append(FinalSettlement(market.symbol, price))
+        self._cover_shortfalls(sorted(market.positions))
+
+    def _close_delivery(self, delivery: Delivery) -> None:
+        # Until uptime attestation is wired in, every window counts as fully delivered.
+        split = payout(delivery, delivery.qty, delivery.qty)
+        ledger = self.ledger
+        buyer, seller = delivery.buyer, delivery.seller
+        ledger.transfer(buyer, "escrow", seller, "available", split.seller_paid)
+        ledger.transfer(buyer, "escrow", FEE_ACCOUNT, "available", split.seller_fee)
+        ledger.move(buyer, "escrow", "available", split.buyer_refund)
+        ledger.transfer(seller, "escrow", buyer, "available", split.buyer_compensation)
+        ledger.move(seller, "escrow", "available", split.bond_released)
+        key = (seller, delivery.underlying, delivery.window_start)
+        left = self.sold[key] - delivery.qty
+        if left:
+            self.sold[key] = left
+        else:
+            del self.sold[key]
+        self._events.append(DeliverySettled(delivery.delivery_id, delivery.qty, delivery.qty,
+                                            split.seller_paid, split.seller_fee,
+                                            split.buyer_refund, split.buyer_compensation,
+                                            split.bond_released))
+
+    # --- clearing -------------------------------------------------------------------------
+
+    def _clearing_cut(self, cut: ClearingCut) -> None:
+        self.cuts += 1
+        exposed: set[str] = set()
+        for symbol in self._market_order:
+            market = self.markets[symbol]
+            if market.spot or market.settled:
+                continue
+            price, source = self._mark(market)
+            market.mark = price
+            self._events.append(MarkPrice(symbol, price, source))
+            for account in sorted(market.positions):
+                position = market.positions[account]
+                self._pay_variation(market, account, position.settle(price))
+                self._remargin(market, account, position)
+                if position.qty or position.open_buys or position.open_sells:
+                    exposed.add(account)
+        for account in sorted(exposed):
+            equity = self._equity(account)
+            maintenance = sum(
+                self.markets[s].maintenance_margin(abs(self.markets[s].positions[account].qty))
+                for s in self._market_order if account in self.markets[s].positions
+            )
+            if equity < maintenance:
+                self._liquidate(account, equity, maintenance)
+        self._cover_shortfalls(sorted(exposed | set(self.ledger.touched) - SYSTEM_ACCOUNTS))
+        self._events.append(ClearingCompleted(self.cuts))
+
+    def _mark(self, market: Market) -> tuple[int, str]:
+        book = market.book
+        bid, ask = book.best_bid(), book.best_ask()
+        if bid is not None and ask is not None:
+            return (bid + ask) // 2, "mid"
+        if book.last_price:
+            return book.last_price, "last_trade"
+        underlying = market.instrument.underlying
+        latest = max((day for (u, day) in self.fixes if u == underlying), default=None)
+        if latest is not None:
+            index = market.to_ticks(self.fixes[(underlying, latest)])
+            return min(max(index, market.min_price), market.max_price), "index"
+        return market.mark, "previous"
+
+    def _pay_variation(self, market: Market, account: str, ticks_lots: int) -> None:
+        if ticks_lots:
+            amount = ticks_lots * market.tick_value
+            b = self.ledger.balances(account)
+            b.available += amount
+            self.ledger.touched[account] = None
+            self._positions_touched[(account, market.symbol)] = None
+            self._events.append(VariationMargin(account, market.symbol, amount))
+
+    def _equity(self, account: str) -> int:
+        b = self.ledger.balances(account)
+        return b.available + b.reserved + b.margin
+
+    def _liquidate(self, account: str, equity: int, maintenance: int) -> None:
+        self._events.append(Liquidation(account, equity, maintenance))
+        account_id = self.account_ids[account]
+        self._cancel_reason = Reason.LIQUIDATION
+        for symbol in self._market_order:
+            self._book(self.markets[symbol], MassCancel(self._ts, account_id))
+        self._cancel_reason = None
+        for symbol in self._market_order:
+            market = self.markets[symbol]
+            position = market.positions.get(account)
+            if market.spot or market.halted or position is None or not position.qty:
+                continue
+            side = Side.SELL if position.qty > 0 else Side.BUY
+            self._submit(PlaceOrder(account, symbol, side, abs(position.qty),
+                                    order_type=OrderType.MARKET, tif=TimeInForce.IOC,
+                                    stp=SelfTradePrevention.CANCEL_NEWEST,
+                                    client_order_id="liquidation"), market)
+
+    def _cover_shortfalls(self, accounts: Iterable[str]) -> None:
+        for account in accounts:
+            shortfall = -self._equity(account)
+            if shortfall > 0:
+                self.ledger.transfer(INSURANCE_FUND, "available", account, "available",
+                                     shortfall)
+                fund = self.ledger.balances(INSURANCE_FUND).available
+                self._events.append(InsuranceCover(account, shortfall, fund))
+
+    _handlers: ClassVar[dict[type, Callable[[Exchange, Any], None]]] = {}
+
+    # --- state ----------------------------------------------------------------------------
+
+    def state(self) -> ExchangeState:
+        """The full state in canonical order (see `ExchangeState`)."""
+        markets = [self.markets[s] for s in self._market_order]
+        return ExchangeState(
+            last_seq=self.last_seq,
+            next_order_id=self.next_order_id,
+            next_delivery_id=self.next_delivery_id,
+            cuts=self.cuts,
+            instruments=[m.instrument for m in markets],
+            account_ids=list(self.account_names),
+            balances=sorted(self.ledger.accounts.items()),
+            deposited=self.ledger.deposited,
+            withdrawn=self.ledger.withdrawn,
+            orders=[self.orders[i] for i in sorted(self.orders)],
+            positions=[(a, m.symbol, m.positions[a]) for m in markets
+                       for a in sorted(m.positions)],
+            markets=[(m.symbol, m.halted, m.settled, m.mark, m.book.state()) for m in markets],
+            deliveries=[self.deliveries[i] for i in sorted(self.deliveries)],
+            capacity=sorted((a, u, n) for (a, u), n in self.capacity.items()),
+            sold=sorted((a, u, w, n) for (a, u, w), n in self.sold.items()),
+            open_sells=sorted((a, s, n) for (a, s), n in self.open_sells.items()),
+            deposits_seen=sorted(self.deposits_seen),
+            withdrawals_seen=sorted(self.withdrawals_seen),
+            fixes=sorted((u, d, p) for (u, d), p in self.fixes.items()),
+        )
+
+    def state_hash(self) -> str:
+        """Hex digest of the canonical state: equal exchanges have equal hashes."""
+        return hashlib.blake2b(encode_state(self.state()), digest_size=16).hexdigest()
+
+    @classmethod
+    def restore(cls, state: ExchangeState,
+                book_factory: BookFactory = CythonBook) -> Exchange:
+        """An exchange in exactly the state ``state`` describes."""
+        exchange = cls(state.instruments, book_factory)
+        exchange.last_seq = state.last_seq
+        exchange.next_order_id = state.next_order_id
+        exchange.next_delivery_id = state.next_delivery_id
+        exchange.cuts = state.cuts
+        for account in state.account_ids:
+            exchange._account_id(account)
+        exchange.ledger.accounts = {a: msgspec.structs.replace(b) for a, b in state.balances}
+        exchange.ledger.deposited = state.deposited
+        exchange.ledger.withdrawn = state.withdrawn
+        exchange.orders = {o.order_id: msgspec.structs.replace(o) for o in state.orders}
+        for account, symbol, position in state.positions:
+            market = exchange.markets[symbol]
+            market.positions[account] = msgspec.structs.replace(position)
+            exchange._futures_held.setdefault(account, []).append(market)
+        for symbol, halted, settled, mark, book_state in state.markets:
+            market = exchange.markets[symbol]
+            market.halted, market.settled, market.mark = halted, settled, mark
+            market.book.restore(book_state)
+        for delivery in state.deliveries:
+            exchange.deliveries[delivery.delivery_id] = msgspec.structs.replace(delivery)
+            heapq.heappush(exchange._delivery_queue, (delivery.window_end, delivery.delivery_id))
+        exchange.capacity = {(a, u): n for a, u, n in state.capacity}
+        exchange.sold = {(a, u, w): n for a, u, w, n in state.sold}
+        exchange.open_sells = {(a, s): n for a, s, n in state.open_sells}
+        exchange.deposits_seen = set(state.deposits_seen)
+        exchange.withdrawals_seen = set(state.withdrawals_seen)
+        exchange.fixes = {(u, d): p for u, d, p in state.fixes}
+        return exchange
+
+
+Exchange._handlers = {
+    PlaceOrder: Exchange._place,
+    CancelOrder: Exchange._cancel,
+    AmendOrder: Exchange._amend,
+    CancelAll: Exchange._cancel_all,
+    CreditDeposit: Exchange._deposit,
+    RequestWithdrawal: Exchange._withdraw,
+    SetCapacity: Exchange._set_capacity,
+    IndexFix: Exchange._index_fix,
+    ClearingCut: Exchange._clearing_cut,
+    Timer: Exchange._timer,
+}
+
+_state_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_state(state: ExchangeState) -> bytes:
+    """The snapshot bytes of a state (msgpack)."""
+    return _state_encoder.encode(state)
+
+
+def decode_state(data: bytes) -> ExchangeState:
+    """A state from `encode_state` bytes."""
+    return msgspec.msgpack.decode(data, type=ExchangeState)
