@@ -115,8 +115,13 @@ ExchangeCommand = (
 
 
 class Sequenced(msgspec.Struct, frozen=True, array_like=True):
-    """A command as the sequencer stamped it: its place in the journal and its time (ns)."""
+    """A command as the sequencer stamped it: its place in the journal and its time (ns).
+
+    ``origin`` says where it came from (a shard's input stream entry id), so a restarted
+    sequencer knows which requests it has already taken; the exchange ignores it.
+    """
 
     seq: int
     ts: int
     command: ExchangeCommand
+    origin: str = ""

@@ -168,6 +168,7 @@ class ExchangeState(msgspec.Struct, frozen=True, array_like=True):
     """Everything the exchange knows, canonically ordered: a snapshot and the hash input."""
 
     last_seq: int
+    last_ts: int
     next_order_id: int
     next_delivery_id: int
     cuts: int
@@ -224,6 +225,11 @@ class Exchange:
         self._placing: dict[int, PlaceOrder] = {}
         self._futures_held: dict[str, list[Market]] = {}  # futures with a position, by account
         self._cancel_reason: Reason | None = None
+
+    @property
+    def last_ts(self) -> int:
+        """Timestamp of the last command applied (0 before the first)."""
+        return self._ts
 
     # --- the one entry point --------------------------------------------------------------
 
@@ -765,6 +771,7 @@ class Exchange:
         markets = [self.markets[s] for s in self._market_order]
         return ExchangeState(
             last_seq=self.last_seq,
+            last_ts=self._ts,
             next_order_id=self.next_order_id,
             next_delivery_id=self.next_delivery_id,
             cuts=self.cuts,
@@ -788,7 +795,7 @@ class Exchange:
 
     def state_hash(self) -> str:
         """Hex digest of the canonical state: equal exchanges have equal hashes."""
-        return hashlib.blake2b(encode_state(self.state()), digest_size=16).hexdigest()
+        return state_digest(encode_state(self.state()))
 
     @classmethod
     def restore(cls, state: ExchangeState,
@@ -796,6 +803,7 @@ class Exchange:
         """An exchange in exactly the state ``state`` describes."""
         exchange = cls(state.instruments, book_factory)
         exchange.last_seq = state.last_seq
+        exchange._ts = state.last_ts
         exchange.next_order_id = state.next_order_id
         exchange.next_delivery_id = state.next_delivery_id
         exchange.cuts = state.cuts
@@ -844,6 +852,11 @@ _state_encoder = msgspec.msgpack.Encoder()
 def encode_state(state: ExchangeState) -> bytes:
     """The snapshot bytes of a state (msgpack)."""
     return _state_encoder.encode(state)
+
+
+def state_digest(encoded: bytes) -> str:
+    """The state hash of `encode_state` bytes."""
+    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
 
 def decode_state(data: bytes) -> ExchangeState:
