@@ -1,24 +1,27 @@
-"""`cmx engine` and `cmx replay`, registered through the ``cmx.commands`` entry point."""
+"""`cmx engine`, `cmx shard` and `cmx replay` (entry point group ``cmx.commands``)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from engine import stdio
-from engine.instruments import Registry, utc_today
+from engine.instruments import InstrumentError, Registry, utc_today
 from engine.journal import FsyncPolicy, JournalError
 from engine.recovery import RecoveryError, open_data_dir, verify_data_dir
 from engine.sequencer import Sequencer
+from engine.shard import serve_shard
 from engine.snapshots import SnapshotCorrupt
 
 
 def register(commands: Any) -> None:
-    """Add ``engine`` and ``replay`` to the `cmx` subparsers."""
+    """Add ``engine``, ``shard`` and ``replay`` to the `cmx` subparsers."""
     engine: argparse.ArgumentParser = commands.add_parser(
         "engine",
         help="run the matching engine as a child process over stdin/stdout",
@@ -41,6 +44,27 @@ def register(commands: Any) -> None:
                         help="date the instruments of a NEW data directory are listed from "
                         "(default today, UTC)")
     engine.set_defaults(handler=_engine)
+
+    shard: argparse.ArgumentParser = commands.add_parser(
+        "shard",
+        help="run one engine shard fed by Redis Streams",
+        description="Runs the exchange for the given instruments as shard NAME: requests are "
+        "read from the stream PREFIX:NAME:requests, journaled to PREFIX:NAME:journal and "
+        "their events published to PREFIX:NAME:events once durable (run Redis with "
+        "appendonly yes and appendfsync always). Snapshots go to --data-dir. If Redis fails, "
+        "the shard recovers from Redis and its snapshots once Redis answers again.",
+    )
+    shard.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    shard.add_argument("--prefix", default="cmx", help="stream key prefix (default cmx)")
+    shard.add_argument("--name", required=True, help="this shard's name")
+    shard.add_argument("--symbols", required=True,
+                       help="comma-separated instruments this shard runs")
+    shard.add_argument("--data-dir", type=Path, required=True, help="snapshot directory")
+    shard.add_argument("--snapshot-every", type=int, default=10_000,
+                       help="write a snapshot every N commands (default 10000)")
+    shard.add_argument("--listing-date", type=date.fromisoformat, default=None,
+                       help="date the instruments are listed from (default today, UTC)")
+    shard.set_defaults(handler=_shard)
 
     replay: argparse.ArgumentParser = commands.add_parser(
         "replay",
@@ -70,6 +94,28 @@ def _engine(args: argparse.Namespace) -> int:
         return stdio.main(sequencer, args.group_commit_ms)
     finally:
         journal.close()
+
+
+def _shard(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    registry = Registry.load(listing_date=args.listing_date or utc_today())
+    try:
+        instruments = [registry[s.strip()] for s in args.symbols.split(",") if s.strip()]
+    except InstrumentError as exc:
+        print(f"cmx shard: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        serve_shard(args.redis_url, args.prefix, args.name, args.data_dir, instruments, stop,
+                    snapshot_every=args.snapshot_every)
+    except KeyboardInterrupt:
+        pass
+    except (RecoveryError, JournalError, SnapshotCorrupt) as exc:
+        print(f"cmx shard: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -10,7 +10,8 @@ Choices the design left open, written down:
 * Spot buys hold the premium at their limit price (market orders: the top of the band) plus
   the taker fee on it; spot sells hold the bond on their own limit price. The buyer's fee is
   charged at the fill, the seller's on the delivered premium when the window closes.
-* Futures hold the taker fee per order and initial margin per instrument, on the net worst
+* Futures hold the taker fee per order (a sell's at the top of the band, the highest price
+  it can trade at) and initial margin per instrument, on the net worst
   case of position and open orders, valued at the instrument's mark (the last clearing mark;
   the reference price before the first). Variation margin moves at clearing cuts only;
   meanwhile losses not yet settled count against free collateral.
@@ -144,9 +145,11 @@ class Market:
     def order_lock(self, side: Side, limit: int, qty: int) -> int:
         """What an order of ``qty`` lots at ``limit`` holds in reserved besides margin."""
         spec = self.instrument
-        notional = limit * qty * self.tick_value
         if not self.spot:
-            return fee(notional, spec.taker_fee_bp)
+            # a sell may trade above its limit, up to the top of the band
+            worst = limit if side == Side.BUY else self.max_price
+            return fee(worst * qty * self.tick_value, spec.taker_fee_bp)
+        notional = limit * qty * self.tick_value
         if side == Side.BUY:
             return spot_buy_lock(notional, spec.buyer_premium_lock_bp, spec.taker_fee_bp)
         return held(notional, spec.seller_bond_bp)
@@ -406,7 +409,9 @@ class Exchange:
         elif isinstance(event, Cancelled):
             order = self.orders[event.order_id]
             self._resize(market, order, event.remaining, release=True)
-            reason = self._cancel_reason or Reason(event.reason.name.lower())
+            reason = Reason(event.reason.name.lower())
+            if self._cancel_reason is not None and reason == Reason.MASS_CANCEL:
+                reason = self._cancel_reason  # the exchange's own mass cancel says why
             events.append(OrderCancelled(event.order_id, order.account, symbol, reason,
                                          event.qty, event.remaining))
         elif isinstance(event, Amended):
@@ -688,6 +693,7 @@ class Exchange:
             market = self.markets[symbol]
             if market.spot or market.settled:
                 continue
+            self._book(market, ExpireOrders(self._ts))  # expired quotes make no mark
             price, source = self._mark(market)
             market.mark = price
             self._events.append(MarkPrice(symbol, price, source))
