@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from cython_ext.book import MatchingCore
 from engine.book import BookState
-from engine.messages import Command, Event, Side
-from engine.wire import decode_event, pack_commands
+from engine.messages import Amend, Cancel, Command, Event, MassCancel, NewOrder, Side
+from engine.wire import decode_event
 
 
 class CythonBook:
@@ -35,8 +35,23 @@ class CythonBook:
 
     def apply(self, command: Command) -> list[Event]:
         """Process one sequenced command; return its events in order."""
-        self.core.apply_batch(pack_commands((command,)))
-        return [decode_event(words) for words in self.core.events()]
+        core = self.core
+        if isinstance(command, Amend):
+            core.amend(command.ts, command.order_id, command.account, command.price,
+                       command.qty)
+        elif isinstance(command, NewOrder):
+            core.new_order(command.ts, command.order_id, command.account, command.side,
+                           command.price, command.qty, command.order_type, command.tif,
+                           command.post_only, command.display_qty, command.stop_price,
+                           command.expire_ts, command.stp)
+        elif isinstance(command, Cancel):
+            core.cancel(command.ts, command.order_id, command.account)
+        elif isinstance(command, MassCancel):
+            core.mass_cancel(command.ts, command.account,
+                             -1 if command.side is None else command.side)
+        else:
+            core.expire_orders(command.ts)
+        return [decode_event(words) for words in core.events()]
 
     def best_bid(self) -> int | None:
         """Highest bid price, or None."""

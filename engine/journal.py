@@ -23,6 +23,7 @@ import fcntl
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from enum import StrEnum
@@ -190,6 +191,7 @@ class FileJournal:
         clock: Callable[[], int] = time.monotonic_ns,
         fsync: Callable[[int], None] = os.fsync,
         buffer_size: int = 1 << 20,
+        background_fsync: bool = False,
     ) -> None:
         self.path = Path(path)
         self.policy = FsyncPolicy(policy)
@@ -224,6 +226,16 @@ class FileJournal:
         self._last_seq = extent.last_seq
         self._durable_seq = extent.last_seq
         self._commit_due_ns = clock() + self._window_ns
+        self._syncer: threading.Thread | None = None
+        if background_fsync and self.policy is FsyncPolicy.GROUP:
+            # Group commits fsync on a thread of their own (fsync releases the GIL), so
+            # appends go on while the disk works; ``sync`` still fsyncs in the caller.
+            self._wake = threading.Condition()
+            self._wanted = self._synced = extent.last_seq
+            self._closing = False
+            self._syncer = threading.Thread(target=self._sync_loop, daemon=True,
+                                            name=f"fsync {self.path.name}")
+            self._syncer.start()
 
     def __enter__(self) -> FileJournal:
         return self
@@ -255,7 +267,10 @@ class FileJournal:
             raise
         self._last_seq = seq
         if self._clock() >= self._commit_due_ns:
-            self._commit()
+            if self._syncer is not None:
+                self._commit_in_background()
+            else:
+                self._commit()
         return seq
 
     def sync(self) -> int:
@@ -273,11 +288,45 @@ class FileJournal:
         """Commit under the policy, then close the file (and release its lock)."""
         if self._file.closed:
             return
+        if self._syncer is not None:
+            with self._wake:
+                self._closing = True
+                self._wake.notify()
+            self._syncer.join()
         try:
             if self._failure is None:
                 self.sync()
         finally:
             self._file.close()
+
+    def _sync_loop(self) -> None:
+        fd = self._file.fileno()
+        while True:
+            with self._wake:
+                while self._wanted <= self._synced and not self._closing:
+                    self._wake.wait()
+                if self._wanted <= self._synced:
+                    return
+                target = self._wanted
+            try:
+                self._fsync(fd)
+            except OSError as exc:
+                self._fail(exc)
+                return
+            with self._wake:
+                self._synced = target
+                self._durable_seq = max(self._durable_seq, target)
+
+    def _commit_in_background(self) -> None:
+        try:
+            self._file.flush()  # the syncer's fsync covers only what the OS has
+        except OSError as exc:
+            self._fail(exc)
+            raise
+        with self._wake:
+            self._wanted = self._last_seq
+            self._wake.notify()
+        self._commit_due_ns = self._clock() + self._window_ns
 
     def _commit(self) -> None:
         if self._failure is not None:
@@ -289,7 +338,11 @@ class FileJournal:
         except OSError as exc:
             self._fail(exc)
             raise
-        self._durable_seq = self._last_seq
+        if self._syncer is not None:
+            with self._wake:
+                self._durable_seq = max(self._durable_seq, self._last_seq)
+        else:
+            self._durable_seq = self._last_seq
         self._commit_due_ns = self._clock() + self._window_ns
 
     def _fail(self, exc: OSError) -> None:

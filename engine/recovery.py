@@ -74,7 +74,8 @@ def open_data_dir(
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     store = snapshot_store(data_dir)
-    journal = FileJournal(journal_path(data_dir), policy, group_commit_ms=group_commit_ms)
+    journal = FileJournal(journal_path(data_dir), policy, group_commit_ms=group_commit_ms,
+                          background_fsync=True)
     snapshot = store.latest()
     if snapshot is None:
         if journal.last_seq:

@@ -69,20 +69,26 @@ def pack_commands(commands: Iterable[Command]) -> array[int]:
     return buf
 
 
+# Enum members by value: indexing a tuple is much cheaper than calling the enum.
+_SIDE = tuple(Side)
+_TYPE = tuple(OrderType)
+_CANCEL_REASON = tuple(CancelReason)
+_REJECT = {reason.value: reason for reason in RejectReason}
+
+
 def _fill(w: Sequence[int]) -> Fill:
-    return Fill(w[1], w[2], w[3], Side(w[4]), w[5], w[6], w[7], w[8], w[9], w[10])
+    return Fill(w[1], w[2], w[3], _SIDE[w[4]], w[5], w[6], w[7], w[8], w[9], w[10])
 
 
 _DECODERS: dict[int, Callable[[Sequence[int]], Any]] = {
-    EVENT_KINDS["accepted"]: lambda w: Accepted(
-        w[1], w[2], Side(w[3]), OrderType(w[4]), w[5], w[6]
-    ),
-    EVENT_KINDS["rejected"]: lambda w: Rejected(w[1], w[2], RejectReason(w[3])),
+    EVENT_KINDS["accepted"]: lambda w: Accepted(w[1], w[2], _SIDE[w[3]], _TYPE[w[4]], w[5],
+                                                w[6]),
+    EVENT_KINDS["rejected"]: lambda w: Rejected(w[1], w[2], _REJECT[w[3]]),
     EVENT_KINDS["fill"]: _fill,
-    EVENT_KINDS["cancelled"]: lambda w: Cancelled(w[1], w[2], CancelReason(w[3]), w[4], w[5]),
+    EVENT_KINDS["cancelled"]: lambda w: Cancelled(w[1], w[2], _CANCEL_REASON[w[3]], w[4], w[5]),
     EVENT_KINDS["amended"]: lambda w: Amended(w[1], w[2], w[3], w[4]),
     EVENT_KINDS["triggered"]: lambda w: Triggered(w[1], w[2], w[3]),
-    EVENT_KINDS["book_level"]: lambda w: BookLevel(Side(w[1]), w[2], w[3]),
+    EVENT_KINDS["book_level"]: lambda w: BookLevel(_SIDE[w[1]], w[2], w[3]),
 }
 
 

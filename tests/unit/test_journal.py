@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import tempfile
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -204,6 +207,38 @@ def test_group_fsyncs_once_the_window_has_passed_and_on_sync(tmp_path: Path) -> 
     journal.close()
     assert fsync.calls - opened == 5
     assert reopen(tmp_path / "j") == [str(i).encode() for i in range(1, 9)]
+
+
+def test_background_group_commit_fsyncs_off_the_appending_thread(tmp_path: Path) -> None:
+    clock = FakeClock()
+    fsynced = threading.Event()
+    release = threading.Event()
+    threads: list[str] = []
+
+    def slow_fsync(fd: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            threads.append(threading.current_thread().name)
+            fsynced.set()
+            assert release.wait(10)
+        os.fsync(fd)
+
+    journal = FileJournal(tmp_path / "j", FsyncPolicy.GROUP, 2, clock=clock, fsync=slow_fsync,
+                          background_fsync=True)
+    journal.append(b"1")
+    clock.now = 2 * MS
+    journal.append(b"2")  # the window passed: hands the commit to the syncer and returns
+    assert fsynced.wait(10)
+    journal.append(b"3")  # appends go on while the syncer's fsync is still in the disk
+    assert journal.durable_seq == 0
+    release.set()
+    deadline = time.monotonic() + 10
+    while journal.durable_seq < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert journal.durable_seq == 2
+    assert threads and all(name.startswith("fsync") for name in threads)
+    assert journal.sync() == 3  # an explicit sync is immediate, in the caller
+    journal.close()
+    assert reopen(tmp_path / "j") == [b"1", b"2", b"3"]
 
 
 def test_none_never_fsyncs_but_hands_records_to_the_os_on_the_window_and_sync(
