@@ -17,7 +17,8 @@ Matching semantics (both books, event for event):
   incoming order; ``CANCEL_OLDEST`` cancels the resting order and goes on; ``CANCEL_BOTH``
   cancels both; ``DECREMENT`` takes ``min(incoming, resting shown)`` off both without a trade,
   as if it were a fill.
-* Stops trigger on the last trade price (buy: last >= stop, sell: last <= stop). After every
+* Stops trigger on the last trade price (buy: last >= stop, sell: last <= stop); before the
+  first trade there is no last price and no stop triggers. After every
   command, while some pending stop's condition holds, the earliest-entered such stop triggers
   and enters the book as a new order keeping its id (stop-market as market, stop-limit as limit).
   A stop whose condition already holds on entry triggers at once.
@@ -26,7 +27,15 @@ Matching semantics (both books, event for event):
   order amended to a crossing price is rejected (``WOULD_CROSS``).
 * Mass cancel walks the account's orders (resting and pending stops) by ascending order id.
 * ``BookLevel`` events: one per level a taker visited whose shown quantity changed, after it is
-  done with that level; one for every order that rests, is cancelled or amended in place.
+  done with that level; one for every order that rests or is cancelled, and for an amend in
+  place only when the shown quantity changes.
+* Order ids are unique among live orders only (the exchange never reuses one). A mass cancel
+  that finds nothing emits nothing. Fields an order type does not use (the price of a market
+  order, the stop price of a limit order) are kept as given and otherwise ignored.
+* Refusals are checked in this order. New orders: id <= 0, duplicate id, quantity, a market
+  order that would rest, post-only/iceberg combinations, GTD without ``expire_ts`` (or the
+  reverse), price, stop price, expiry in the past. Amends: unknown id or another account's,
+  pending stop, quantity, price, post-only that would cross.
 """
 
 from __future__ import annotations

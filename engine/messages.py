@@ -153,7 +153,7 @@ class Accepted(msgspec.Struct, frozen=True, tag="accepted"):
 
 
 class Rejected(msgspec.Struct, frozen=True, tag="rejected"):
-    """A command was refused; nothing changed. ``order_id`` is 0 for a mass cancel."""
+    """A command was refused; nothing changed."""
 
     order_id: int
     account: int
