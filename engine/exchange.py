@@ -465,7 +465,7 @@ class Exchange:
                     self.open_sells[key] = left
                 else:
                     self.open_sells.pop(key, None)
-        else:
+        elif change:
             position = self._position(market, order.account, touch=False)
             if order.side == Side.BUY:
                 position.open_buys += change

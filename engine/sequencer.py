@@ -53,6 +53,7 @@ class Sequencer:
         clock: Callable[[], int] = time.time_ns,
         snapshots: SnapshotStore | None = None,
         snapshot_every: int = 0,
+        keep_snapshots: int = 3,
     ) -> None:
         if journal.last_seq != exchange.last_seq:
             raise ValueError(
@@ -63,6 +64,7 @@ class Sequencer:
         self._clock = clock
         self._snapshots = snapshots
         self._snapshot_every = snapshot_every
+        self._keep_snapshots = keep_snapshots
         self._last_ts = exchange.last_ts
         self._pending: deque[Released] = deque()
 
@@ -103,3 +105,4 @@ class Sequencer:
         self.journal.sync()  # a snapshot never runs ahead of the durable journal
         encoded = encode_state(self.exchange.state())
         self._snapshots.save(self.exchange.last_seq, state_digest(encoded), encoded)
+        self._snapshots.prune(self._keep_snapshots, keep_genesis=True)

@@ -132,9 +132,9 @@ class Shard:
     def _recover(self, instruments: Sequence[Instrument]) -> tuple[Exchange, str]:
         """Latest usable snapshot + journal replay; republish events not yet published."""
         published = self.events.last_seq
-        usable = [s for s in self.snapshots.snapshots() if s.seq <= published]
-        if usable:
-            exchange = restore_snapshot(usable[-1])
+        usable = self.snapshots.latest_at_or_before(published)
+        if usable is not None:
+            exchange = restore_snapshot(usable)
         elif self.journal.last_seq:
             raise RecoveryError(f"shard {self.name}: journal has {self.journal.last_seq} "
                                 "records but no snapshot at or before the published events")

@@ -93,22 +93,28 @@ class SnapshotStore:
         """The newest snapshot that passes its checks; corrupt newer ones are logged, skipped."""
         return next(self._valid(), None)
 
+    def latest_at_or_before(self, seq: int) -> Snapshot | None:
+        """The newest valid snapshot taken at or before ``seq``."""
+        return next((s for s in self._valid() if s.seq <= seq), None)
+
     def snapshots(self) -> list[Snapshot]:
         """Every snapshot that passes its checks, oldest first."""
         return list(reversed(list(self._valid())))
 
-    def prune(self, keep: int) -> list[Path]:
+    def prune(self, keep: int, *, keep_genesis: bool = False) -> list[Path]:
         """Delete all but the newest ``keep`` valid snapshots, and leftover temporary files.
 
         Files older than the oldest kept snapshot go, corrupt or not; corrupt files newer than
-        it stay for inspection until they age out. Returns the paths deleted.
+        it stay for inspection until they age out. ``keep_genesis`` also keeps the snapshot at
+        seq 0, from which the whole journal can be replayed. Returns the paths deleted.
         """
         if keep < 1:
             raise ValueError(f"prune must keep at least one snapshot, got keep={keep}")
         doomed = list(self.directory.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"))
         kept = [snapshot.seq for _, snapshot in zip(range(keep), self._valid(), strict=False)]
         if len(kept) == keep:
-            doomed += [path for seq, path in self._files() if seq < kept[-1]]
+            doomed += [path for seq, path in self._files()
+                       if seq < kept[-1] and not (keep_genesis and seq == 0)]
         for path in doomed:
             path.unlink(missing_ok=True)
         if doomed:

@@ -165,3 +165,13 @@ def test_prune_deletes_nothing_without_enough_valid_snapshots(tmp_path: Path) ->
 def test_prune_must_keep_one(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least one"):
         SnapshotStore(tmp_path).prune(keep=0)
+
+
+def test_prune_can_keep_the_genesis_snapshot(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    for seq in (0, 10, 20, 30):
+        store.save(seq, f"h{seq}", b"state %d" % seq)
+    store.prune(2, keep_genesis=True)
+    assert [s.seq for s in store.snapshots()] == [0, 20, 30]
+    assert store.latest_at_or_before(25) == store.snapshots()[1]
+    assert store.latest_at_or_before(5) == store.snapshots()[0]
