@@ -11,12 +11,14 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from engine import stdio
 from engine.instruments import InstrumentError, Registry, utc_today
 from engine.journal import FsyncPolicy, JournalError
 from engine.recovery import RecoveryError, open_data_dir, verify_data_dir
 from engine.sequencer import Sequencer
-from engine.shard import serve_shard
+from engine.shard import ShardMap, serve_shard
 from engine.snapshots import SnapshotCorrupt
 
 
@@ -57,8 +59,11 @@ def register(commands: Any) -> None:
     shard.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     shard.add_argument("--prefix", default="cmx", help="stream key prefix (default cmx)")
     shard.add_argument("--name", required=True, help="this shard's name")
-    shard.add_argument("--symbols", required=True,
-                       help="comma-separated instruments this shard runs")
+    runs = shard.add_mutually_exclusive_group(required=True)
+    runs.add_argument("--symbols", help="comma-separated instruments this shard runs")
+    runs.add_argument("--shard-map", type=Path, metavar="FILE",
+                      help='JSON {"shards": {"NAME": ["SYMBOL", ...], ...}}: this shard runs '
+                      "the symbols listed under its --name")
     shard.add_argument("--data-dir", type=Path, required=True, help="snapshot directory")
     shard.add_argument("--snapshot-every", type=int, default=10_000,
                        help="write a snapshot every N commands (default 10000)")
@@ -101,9 +106,17 @@ def _shard(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = Registry.load(listing_date=args.listing_date or utc_today())
     try:
-        instruments = [registry[s.strip()] for s in args.symbols.split(",") if s.strip()]
-    except InstrumentError as exc:
+        if args.shard_map is not None:
+            shard_map = msgspec.json.decode(args.shard_map.read_bytes(), type=ShardMap)
+            symbols = shard_map.shards[args.name]
+        else:
+            symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+        instruments = [registry[symbol] for symbol in symbols]
+    except (InstrumentError, OSError, msgspec.DecodeError) as exc:
         print(f"cmx shard: {exc}", file=sys.stderr)
+        return 2
+    except KeyError:
+        print(f"cmx shard: {args.shard_map} has no shard named {args.name}", file=sys.stderr)
         return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

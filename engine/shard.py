@@ -40,17 +40,10 @@ _command_decoder = msgspec.msgpack.Decoder(ExchangeCommand)
 _released_decoder = msgspec.msgpack.Decoder(Released)
 
 
-class ShardMap(msgspec.Struct, frozen=True):
-    """Which shard runs which instruments: ``{shard name: [symbol, ...]}``."""
+class ShardMap(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Which shard runs which instruments: ``{shard name: [symbol, ...]}`` (a JSON file)."""
 
     shards: dict[str, list[str]]
-
-    def shard_of(self, symbol: str) -> str:
-        """The shard that runs ``symbol``."""
-        for name, symbols in self.shards.items():
-            if symbol in symbols:
-                return name
-        raise KeyError(f"no shard runs {symbol}")
 
 
 def stream_names(prefix: str, shard: str) -> tuple[str, str, str]:

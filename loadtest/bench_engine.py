@@ -106,7 +106,8 @@ def run_engine_bench(
     registry = Registry.load(listing_date=LISTING_DATE)
     instruments = list(registry)
     commands = engine_stream(ops, seed, registry[symbol])
-    log(f"stream: {len(commands)} commands ({ACCOUNTS} deposits + {ops} orders in the core "
+    log(f"stream: {len(commands)} commands ({ACCOUNTS} deposits, then "
+        f"{len(commands) - ACCOUNTS} order commands: a warm-up book and {ops} in the core "
         f"mix) on {symbol}")
 
     bare = Exchange(instruments)

@@ -16,7 +16,7 @@ CMX = [sys.executable, "-m", "gateway.cli"]
 
 def test_help_lists_the_subcommands() -> None:
     out = subprocess.run([*CMX, "--help"], capture_output=True, text=True, check=True).stdout
-    assert "bench" in out
+    assert all(name in out for name in ("bench", "engine", "shard", "replay"))
     bench = subprocess.run([*CMX, "bench", "core", "--help"], capture_output=True, text=True,
                            check=True).stdout
     assert "--ops" in bench and "--json" in bench and "--seed" in bench
@@ -48,3 +48,32 @@ def test_bench_core_refuses_an_unknown_symbol() -> None:
                          capture_output=True, text=True, check=False)
     assert run.returncode == 2
     assert "GPU.X999.SPOT" in run.stderr
+
+
+def test_bench_engine_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    run = subprocess.run([*CMX, "bench", "engine", "--ops", "2000", "--json", str(out)],
+                         capture_output=True, text=True, check=True)
+    assert "replay" in run.stdout
+    figures = json.loads(out.read_text())
+    assert figures["deterministic"] is True
+    assert figures["commands"] == 1000 + 1000 + 2000  # deposits, warm-up orders, the mix
+    for key in ("commands_per_s", "replay_commands_per_s", "apply_only_per_s"):
+        assert figures[key] > 0, key
+
+
+def test_shard_map_errors_are_clear(tmp_path: Path) -> None:
+    shard_map = tmp_path / "shards.json"
+    shard_map.write_text('{"shards": {"gpu": ["GPU.H100.SPOT"]}}')
+    base = [*CMX, "shard", "--data-dir", str(tmp_path / "d"), "--shard-map", str(shard_map)]
+    missing = subprocess.run([*base, "--name", "rack"], capture_output=True, text=True,
+                             check=False)
+    assert missing.returncode == 2 and "no shard named rack" in missing.stderr
+    shard_map.write_text('{"shards": {"gpu": ["GPU.NOPE.SPOT"]}}')
+    unknown = subprocess.run([*base, "--name", "gpu"], capture_output=True, text=True,
+                             check=False)
+    assert unknown.returncode == 2 and "GPU.NOPE.SPOT" in unknown.stderr
+    shard_map.write_text("{not json")
+    broken = subprocess.run([*base, "--name", "gpu"], capture_output=True, text=True,
+                            check=False)
+    assert broken.returncode == 2 and "cmx shard:" in broken.stderr
