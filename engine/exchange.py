@@ -15,11 +15,13 @@ Choices the design left open, written down:
   case of position and open orders, valued at the instrument's mark (the last clearing mark;
   the reference price before the first). Variation margin moves at clearing cuts only;
   meanwhile losses not yet settled count against free collateral.
-* ``available`` can go below zero only at a clearing cut. An account whose equity is below
+* ``available`` can go below zero only at a clearing cut; such an account may still enter
+  orders that add no margin (to reduce its risk). An account whose equity is below
   maintenance is liquidated; any account left with negative equity is topped up by the
   insurance fund, which may itself go negative (and says so) rather than create money.
-* Index fixes are in micro-USDC per unit of the futures' quote. A future halts at its last
-  trade time and settles, once its delivery month is over, at the mean of the month's fixes
+* Index fixes are in micro-USDC per unit of the futures' quote, for a real calendar day.
+  A future takes no orders from its last trade time on (the next `Timer` cancels what
+  rests) and settles, once its delivery month is over, at the mean of the month's fixes
   rounded to its tick; without fixes it waits for them.
 """
 
@@ -289,11 +291,16 @@ class Exchange:
             return Reason.UNKNOWN_SYMBOL
         if not is_address(cmd.account) or cmd.account in SYSTEM_ACCOUNTS:
             return Reason.INVALID_ACCOUNT
-        if market.halted:
+        if self._halted(market):
             return Reason.INSTRUMENT_HALTED
         if cmd.qty <= 0:
             return Reason.INVALID_QUANTITY
         return None
+
+    def _halted(self, market: Market) -> bool:
+        """Whether ``market`` takes no orders: halted, or a future past its last trade time
+        (before the `Timer` that halts it has come)."""
+        return market.halted or (not market.spot and self._ts >= market.last_trade_ns)
 
     def _limit(self, cmd: PlaceOrder, market: Market) -> int:
         if cmd.order_type in (OrderType.MARKET, OrderType.STOP_MARKET):
@@ -313,7 +320,10 @@ class Exchange:
             buys = position.open_buys + (cmd.qty if cmd.side == Side.BUY else 0)
             sells = position.open_sells + (cmd.qty if cmd.side == Side.SELL else 0)
             required = market.initial_margin(net_exposure(position.qty, buys, sells))
-            need += max(0, required - position.held_orders - position.held_position)
+            more = required - position.held_orders - position.held_position
+            if more <= 0 and self.ledger.balances(cmd.account).available < 0:
+                return None  # a margin-called account may always reduce its risk
+            need += max(0, more)
         if need > self.free_collateral(cmd.account):
             return Reason.INSUFFICIENT_FUNDS if market.spot else Reason.INSUFFICIENT_MARGIN
         return None
@@ -327,7 +337,8 @@ class Exchange:
 
     def free_collateral(self, account: str) -> int:
         """What the account may commit now: available, less futures losses not yet settled."""
-        free = self.ledger.balances(account).available
+        found = self.ledger.accounts.get(account)
+        free = found.available if found is not None else 0
         unsettled = 0
         for market in self._futures_held.get(account, ()):
             unsettled += market.positions[account].unsettled(market.mark) * market.tick_value
@@ -349,6 +360,10 @@ class Exchange:
                                               Reason.UNKNOWN_ORDER))
             return
         market = self.markets[order.symbol]
+        if self._halted(market):
+            self._events.append(OrderRejected(cmd.order_id, cmd.account, cmd.symbol, "",
+                                              Reason.INSTRUMENT_HALTED))
+            return
         if cmd.qty > 0 and market.min_price <= cmd.price <= market.max_price:
             need = market.order_lock(order.side, cmd.price, cmd.qty) - order.lock
             if not market.spot:
@@ -357,7 +372,11 @@ class Exchange:
                 buys = position.open_buys + (more if order.side == Side.BUY else 0)
                 sells = position.open_sells + (more if order.side == Side.SELL else 0)
                 required = market.initial_margin(net_exposure(position.qty, buys, sells))
-                need += required - position.held_orders - position.held_position
+                more = required - position.held_orders - position.held_position
+                if more <= 0 and self.ledger.balances(order.account).available < 0:
+                    need = 0  # a margin-called account may always reduce its risk
+                else:
+                    need += more
             elif order.side == Side.SELL and cmd.qty > order.remaining and \
                     self._over_capacity(order.account, market, cmd.qty - order.remaining):
                 self._events.append(OrderRejected(cmd.order_id, cmd.account, cmd.symbol, "",
@@ -604,10 +623,11 @@ class Exchange:
         self._events.append(CapacitySet(cmd.account, cmd.underlying, cmd.units))
 
     def _index_fix(self, cmd: IndexFix) -> None:
-        month, day = cmd.day // 100 % 100, cmd.day % 100
+        year, month, day = cmd.day // 10000, cmd.day // 100 % 100, cmd.day % 100
         if cmd.underlying not in self.underlyings:
             reason: Reason | None = Reason.UNKNOWN_UNDERLYING
-        elif cmd.price <= 0 or not 1 <= month <= 12 or not 1 <= day <= 31:
+        elif cmd.price <= 0 or not 1 <= month <= 12 or \
+                not 1 <= day <= calendar.monthrange(max(year, 1), month)[1]:
             reason = Reason.INVALID_AMOUNT
         else:
             reason = None
