@@ -321,7 +321,7 @@ class Exchange:
             sells = position.open_sells + (cmd.qty if cmd.side == Side.SELL else 0)
             required = market.initial_margin(net_exposure(position.qty, buys, sells))
             more = required - position.held_orders - position.held_position
-            if more <= 0 and self.ledger.balances(cmd.account).available < 0:
+            if more <= 0 and self.free_collateral(cmd.account) < 0:
                 return None  # a margin-called account may always reduce its risk
             need += max(0, more)
         if need > self.free_collateral(cmd.account):
@@ -373,7 +373,7 @@ class Exchange:
                 sells = position.open_sells + (more if order.side == Side.SELL else 0)
                 required = market.initial_margin(net_exposure(position.qty, buys, sells))
                 more = required - position.held_orders - position.held_position
-                if more <= 0 and self.ledger.balances(order.account).available < 0:
+                if more <= 0 and self.free_collateral(order.account) < 0:
                     need = 0  # a margin-called account may always reduce its risk
                 else:
                     need += more
@@ -392,9 +392,13 @@ class Exchange:
 
     def _cancel_all(self, cmd: CancelAll) -> None:
         account_id = self.account_ids.get(cmd.account)
-        if cmd.symbol is not None and cmd.symbol not in self.markets:
-            self._events.append(CommandRejected("cancel_all", cmd.account, 0,
-                                                Reason.UNKNOWN_SYMBOL))
+        reason = None
+        if not is_address(cmd.account):
+            reason = Reason.INVALID_ACCOUNT
+        elif cmd.symbol is not None and cmd.symbol not in self.markets:
+            reason = Reason.UNKNOWN_SYMBOL
+        if reason is not None:
+            self._events.append(CommandRejected("cancel_all", cmd.account, 0, reason))
             return
         if account_id is None:
             return
@@ -626,7 +630,7 @@ class Exchange:
         year, month, day = cmd.day // 10000, cmd.day // 100 % 100, cmd.day % 100
         if cmd.underlying not in self.underlyings:
             reason: Reason | None = Reason.UNKNOWN_UNDERLYING
-        elif cmd.price <= 0 or not 1 <= month <= 12 or \
+        elif cmd.price <= 0 or year < 1970 or not 1 <= month <= 12 or \
                 not 1 <= day <= calendar.monthrange(max(year, 1), month)[1]:
             reason = Reason.INVALID_AMOUNT
         else:
@@ -737,8 +741,8 @@ class Exchange:
     def _mark(self, market: Market) -> tuple[int, str]:
         book = market.book
         bid, ask = book.best_bid(), book.best_ask()
-        if bid is not None and ask is not None:
-            return (bid + ask) // 2, "mid"
+        if bid is not None and ask is not None and not self._halted(market):
+            return (bid + ask) // 2, "mid"  # quotes that can no longer trade make no mark
         if book.last_price:
             return book.last_price, "last_trade"
         underlying = market.instrument.underlying
@@ -771,7 +775,7 @@ class Exchange:
         for symbol in self._market_order:
             market = self.markets[symbol]
             position = market.positions.get(account)
-            if market.spot or market.halted or position is None or not position.qty:
+            if market.spot or self._halted(market) or position is None or not position.qty:
                 continue
             side = Side.SELL if position.qty > 0 else Side.BUY
             self._submit(PlaceOrder(account, symbol, side, abs(position.qty),
@@ -793,7 +797,10 @@ class Exchange:
     # --- state ----------------------------------------------------------------------------
 
     def state(self) -> ExchangeState:
-        """The full state in canonical order (see `ExchangeState`)."""
+        """The full state in canonical order (see `ExchangeState`).
+
+        It shares the exchange's live records: encode it before applying another command.
+        """
         markets = [self.markets[s] for s in self._market_order]
         return ExchangeState(
             last_seq=self.last_seq,

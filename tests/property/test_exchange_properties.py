@@ -1,7 +1,8 @@
 """What the exchange promises over random command streams (see `exchange_strategies`).
 
 * Money is conserved after every command, fees only flow in, positions and variation margin
-  sum to zero across accounts, and every bucket holds exactly what it is for:
+  sum to zero across accounts, no future trades past its last trade time, and every bucket
+  holds exactly what it is for:
   reserved the order locks and order margin, margin the position margin, escrow the premiums
   and bonds of open deliveries. No account is left with negative equity (the insurance fund
   tops it up), and accounts that never touched a future never go negative at all.
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 
 from engine.commands import ClearingCut, Sequenced, Timer
 from engine.cython_book import CythonBook
-from engine.events import ExchangeEvent, VariationMargin
+from engine.events import ExchangeEvent, Trade, VariationMargin
 from engine.exchange import BookFactory, Exchange, decode_state, encode_state
 from engine.ledger import FEE_ACCOUNT, SYSTEM_ACCOUNTS
 from engine.messages import Side
@@ -117,6 +118,9 @@ def test_money_is_conserved_and_every_bucket_holds_what_it_is_for(stream: Stream
         assert ledger.conserved(), stamped
         check_holdings(ex)
         check_zero_sum(ex, events)
+        for trade in (e for e in events if isinstance(e, Trade)):
+            expiry = ex.markets[trade.symbol].instrument.expiry
+            assert expiry is None or stamped.ts < expiry.last_trade_ns, (trade, stamped)
         assert ledger.balances(FEE_ACCOUNT).available >= fees  # fees are only ever paid in
         fees = ledger.balances(FEE_ACCOUNT).available
         futures = traded_futures(ex)

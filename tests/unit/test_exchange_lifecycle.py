@@ -22,6 +22,7 @@ from engine.events import (
     InstrumentHalted,
     InsuranceCover,
     Liquidation,
+    MarkPrice,
     OrderAccepted,
     OrderCancelled,
     OrderRejected,
@@ -109,6 +110,7 @@ def test_an_index_fix_is_recorded() -> None:
     ("GPU.H100", 20260001, 2_500_000, Reason.INVALID_AMOUNT),
     ("GPU.H100", 20261131, 2_500_000, Reason.INVALID_AMOUNT),  # 31 November
     ("GPU.H100", 20270229, 2_500_000, Reason.INVALID_AMOUNT),  # 2027 is no leap year
+    ("GPU.H100", 1201, 2_500_000, Reason.INVALID_AMOUNT),  # year 0
 ])
 def test_invalid_index_fixes_are_refused(underlying: str, day: int, price: int,
                                          reason: Reason) -> None:
@@ -153,10 +155,47 @@ def test_nothing_trades_after_the_last_trade_time_even_before_a_timer() -> None:
     # stamped at or after the last trade must not trade, whether or not a Timer came first.
     desk = funded(ALICE, BOB)
     desk.rest(BOB, GPU_FUT, SELL, 1, 500)
+    desk.rest(ALICE, GPU_FUT, BUY, 1, 490)
     desk.at(LAST_TRADE)
-    events = desk.place(ALICE, GPU_FUT, BUY, 1, 500)
-    assert of_type(events, Trade) == []
+    assert desk.place(ALICE, GPU_FUT, BUY, 1, 500, client_order_id="late") == \
+        [OrderRejected(0, ALICE, GPU_FUT, "late", Reason.INSTRUMENT_HALTED)]
+    assert desk.amend(ALICE, GPU_FUT, 2, 500, 1) == \
+        [OrderRejected(2, ALICE, GPU_FUT, "", Reason.INSTRUMENT_HALTED)]
     assert desk.position(ALICE, GPU_FUT).qty == 0
+    # the next timer halts the future and cancels what rests
+    assert len(of_type(desk.timer(), OrderCancelled)) == 2
+
+
+def test_a_liquidation_places_no_order_past_the_last_trade_time() -> None:
+    # Past the last trade but before the halting Timer, the future takes no orders: not even
+    # the liquidation's.
+    desk = funded(BOB, CAROL, DAVE)
+    desk.deposit(ALICE, 500 * 2 * TV * 5 // 10_000 + 2 * 500 * TV * 2_000 // 10_000)
+    long_two(desk)
+    desk.rest(DAVE, GPU_FUT, SELL, 1, 450)
+    desk.place(CAROL, GPU_FUT, BUY, 1, 450)  # the last trade: 450
+    desk.rest(CAROL, GPU_FUT, BUY, 2, 440)  # a bid the liquidation could hit
+    events = desk.cut(LAST_TRADE)
+    assert one(events, Liquidation).account == ALICE
+    assert of_type(events, OrderAccepted) == []
+    assert of_type(events, Trade) == []
+    assert desk.position(ALICE, GPU_FUT).qty == 2
+
+
+def test_quotes_left_past_the_last_trade_time_make_no_mark() -> None:
+    # Like expired GTD quotes, quotes on a future past its last trade can no longer trade
+    # (the Timer that cancels them just has not come yet): the mark is the last trade.
+    desk = funded(ALICE, BOB, CAROL)
+    long_two(desk, 520)
+    desk.rest(CAROL, GPU_FUT, BUY, 1, 480)
+    desk.rest(CAROL, GPU_FUT, SELL, 1, 580)  # a mid of 530
+    events = desk.cut(LAST_TRADE)
+    marks = [(m.price, m.source) for m in of_type(events, MarkPrice) if m.symbol == GPU_FUT]
+    assert marks == [(520, "last_trade")]
+    # and the same once the Timer has halted it
+    desk.timer()
+    marks = [(m.price, m.source) for m in of_type(desk.cut(), MarkPrice) if m.symbol == GPU_FUT]
+    assert marks == [(520, "last_trade")]
 
 
 def test_a_halted_position_is_still_marked_and_liquidated_without_an_order() -> None:

@@ -445,3 +445,11 @@ def test_cancel_all_on_an_unknown_symbol_is_refused() -> None:
     desk = funded(ALICE)
     assert desk.apply(CancelAll(ALICE, "GPU.X1.SPOT")) == \
         [CommandRejected("cancel_all", ALICE, 0, Reason.UNKNOWN_SYMBOL)]
+
+
+def test_cancel_all_from_an_invalid_account_is_refused() -> None:
+    desk = funded(ALICE)
+    assert desk.apply(CancelAll("not-an-address")) == [
+        CommandRejected("cancel_all", "not-an-address", 0, Reason.INVALID_ACCOUNT)]
+    assert desk.apply(CancelAll(ALICE, "GPU.NOPE.SPOT")) == [
+        CommandRejected("cancel_all", ALICE, 0, Reason.UNKNOWN_SYMBOL)]
