@@ -96,6 +96,17 @@ class ClearingCut(msgspec.Struct, frozen=True, tag="clearing_cut"):
     """Mark futures, move variation margin, check maintenance, liquidate what breaches."""
 
 
+class SettleDelivery(msgspec.Struct, frozen=True, tag="settle_delivery"):
+    """Settle a spot delivery for ``delivered / required`` of it proven delivered (0..1).
+
+    Any delivery still open when a `Timer` passes its window's end settles as fully delivered.
+    """
+
+    delivery_id: int
+    delivered: int
+    required: int
+
+
 class Timer(msgspec.Struct, frozen=True, tag="timer"):
     """Let time pass: expire GTD orders, halt and settle futures, close delivery windows."""
 
@@ -109,6 +120,7 @@ ExchangeCommand = (
     | RequestWithdrawal
     | SetCapacity
     | IndexFix
+    | SettleDelivery
     | ClearingCut
     | Timer
 )

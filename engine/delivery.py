@@ -1,11 +1,11 @@
 """Spot deliveries: what a spot fill obliges, and how a delivery window settles.
 
 A fill of ``qty`` lots creates a `Delivery` for the next whole window after the fill: the
-buyer's premium and the seller's bond wait in escrow. When the window ends, a fraction
-``delivered / required`` of it counts as delivered (until uptime attestations are wired in,
-every window closes fully delivered): the seller gets that share of the premium less its fee,
-the buyer the rest back plus the same undelivered share of the seller's bond. Nothing here
-draws on the insurance fund.
+buyer's premium and the seller's bond wait in escrow. A fraction ``delivered / required`` of
+it counts as delivered (a `SettleDelivery` command says how much; a window nobody settled
+closes fully delivered when a `Timer` passes its end): the seller gets that share of the
+premium less its fee, the buyer the rest back plus the same undelivered share of the
+seller's bond. Nothing here draws on the insurance fund.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ class Reason(StrEnum):
     INSTRUMENT_HALTED = "instrument_halted"
     DUPLICATE_DEPOSIT = "duplicate_deposit"
     DUPLICATE_WITHDRAWAL = "duplicate_withdrawal"
+    UNKNOWN_DELIVERY = "unknown_delivery"
     # cancellations (engine.messages.CancelReason) and the exchange's own
     USER = "user"
     IOC_REMAINDER = "ioc_remainder"

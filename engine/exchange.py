@@ -47,6 +47,7 @@ from engine.commands import (
     RequestWithdrawal,
     Sequenced,
     SetCapacity,
+    SettleDelivery,
     Timer,
 )
 from engine.cython_book import CythonBook
@@ -656,7 +657,21 @@ class Exchange:
                 self._settle_expiry(market)
         while self._delivery_queue and self._delivery_queue[0][0] <= ts:
             _, delivery_id = heapq.heappop(self._delivery_queue)
-            self._close_delivery(self.deliveries.pop(delivery_id))
+            delivery = self.deliveries.pop(delivery_id, None)
+            if delivery is not None:  # else settled already by SettleDelivery
+                self._close_delivery(delivery, delivery.qty, delivery.qty)
+
+    def _settle_delivery(self, cmd: SettleDelivery) -> None:
+        delivery = self.deliveries.get(cmd.delivery_id)
+        reason = None
+        if delivery is None:
+            reason = Reason.UNKNOWN_DELIVERY
+        elif not 0 <= cmd.delivered <= cmd.required or cmd.required <= 0:
+            reason = Reason.INVALID_AMOUNT
+        if reason is not None:
+            self._events.append(CommandRejected("settle_delivery", "", cmd.delivery_id, reason))
+            return
+        self._close_delivery(self.deliveries.pop(cmd.delivery_id), cmd.delivered, cmd.required)
 
     def _halt(self, market: Market) -> None:
         market.halted = True
@@ -687,9 +702,8 @@ class Exchange:
         self._events.append(FinalSettlement(market.symbol, price))
         self._cover_shortfalls(sorted(market.positions))
 
-    def _close_delivery(self, delivery: Delivery) -> None:
-        # Until uptime attestation is wired in, every window counts as fully delivered.
-        split = payout(delivery, delivery.qty, delivery.qty)
+    def _close_delivery(self, delivery: Delivery, delivered: int, required: int) -> None:
+        split = payout(delivery, delivered, required)
         ledger = self.ledger
         buyer, seller = delivery.buyer, delivery.seller
         ledger.transfer(buyer, "escrow", seller, "available", split.seller_paid)
@@ -703,7 +717,7 @@ class Exchange:
             self.sold[key] = left
         else:
             del self.sold[key]
-        self._events.append(DeliverySettled(delivery.delivery_id, delivery.qty, delivery.qty,
+        self._events.append(DeliverySettled(delivery.delivery_id, delivered, required,
                                             split.seller_paid, split.seller_fee,
                                             split.buyer_refund, split.buyer_compensation,
                                             split.bond_released))
@@ -875,6 +889,7 @@ Exchange._handlers = {
     RequestWithdrawal: Exchange._withdraw,
     SetCapacity: Exchange._set_capacity,
     IndexFix: Exchange._index_fix,
+    SettleDelivery: Exchange._settle_delivery,
     ClearingCut: Exchange._clearing_cut,
     Timer: Exchange._timer,
 }

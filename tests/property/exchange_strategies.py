@@ -39,6 +39,7 @@ from engine.commands import (
     RequestWithdrawal,
     Sequenced,
     SetCapacity,
+    SettleDelivery,
     Timer,
 )
 from engine.exchange import Exchange
@@ -232,6 +233,8 @@ _OTHER_ACTIONS: dict[str, st.SearchStrategy[ExchangeCommand | OrderRef]] = {
     "fix": st.builds(IndexFix, _weighted((UNDERLYING, 8), ("GPU.X1", 1)), _FIX_DAY, _FIX),
     "capacity": st.builds(SetCapacity, _TRADER, _weighted((UNDERLYING, 6), ("GPU.X1", 1)),
                           _weighted((10, 3), (3, 2), (0, 1), (-1, 1))),
+    "settle": st.builds(SettleDelivery, st.integers(1, 6), st.integers(-1, 5),
+                        _weighted((4, 4), (1, 1), (0, 1))),
     "cancel_all": st.builds(CancelAll, _TRADER,
                             _weighted((None, 3), (GPU_SPOT, 1), (GPU_FUT, 1), ("GPU.X1", 1)),
                             _weighted((None, 2), (Side.BUY, 1), (Side.SELL, 1))),
@@ -244,7 +247,8 @@ _RICH = st.just(10_000_000_000)
 _MIXES = (
     _Mix((_FUNDING,) * 4, _SYMBOL,
          _weighted(("orders", 30), ("ref", 12), ("cut", 8), ("timer", 7), ("deposit", 5),
-                   ("withdraw", 3), ("fix", 4), ("capacity", 2), ("cancel_all", 2))),
+                   ("withdraw", 3), ("fix", 4), ("capacity", 2), ("cancel_all", 2),
+                   ("settle", 2))),
     _Mix((_THIN, _THIN, _RICH, _RICH), _weighted((GPU_FUT, 4), (GPU_SPOT, 1)),
          _weighted(("orders", 20), ("cut", 6), ("ref", 3), ("timer", 2), ("deposit", 1),
                    ("withdraw", 1))),

@@ -7,8 +7,10 @@ Both: premium locked 100 %, bond 25 %, maker fee 0, taker fee 5 bp.
 
 from __future__ import annotations
 
+from engine.commands import SettleDelivery
 from engine.events import (
     BalanceChanged,
+    CommandRejected,
     DeliveryOpened,
     DeliverySettled,
     OrderAccepted,
@@ -187,3 +189,35 @@ def test_partial_fills_open_one_delivery_per_fill() -> None:
                                             reserved=rest_lock, escrow=paid)
     # the exchange knows two live sells less and its own buy order
     assert [(o.side, o.remaining) for o in desk.ex.orders.values()] == [(Side.BUY, 2)]
+
+
+def test_a_partly_delivered_window_pays_the_seller_its_share_and_compensates_the_buyer() -> None:
+    desk = market_with_seller()
+    desk.rest(BOB, GPU_SPOT, SELL, 4, 2600)
+    desk.place(ALICE, GPU_SPOT, BUY, 4, 2600)
+    premium, bond = 2600 * 4 * GPU_TV, 2600 * 4 * GPU_TV // 4
+    # 9 of 12 node-epochs proven: three quarters delivered
+    events = desk.apply(SettleDelivery(1, 9, 12))
+    earned = premium * 9 // 12
+    compensation = bond * 3 // 12
+    assert one(events, DeliverySettled) == DeliverySettled(
+        1, delivered=9, required=12, seller_paid=earned, seller_fee=0,
+        buyer_refund=premium - earned, buyer_compensation=compensation,
+        bond_released=bond - compensation)
+    assert desk.balances(BOB) == Balances(available=SELLER_FUNDS + earned - compensation)
+    assert desk.balances(ALICE) == Balances(
+        available=BUYER_FUNDS - premium * 5 // 10_000 - earned + compensation)
+    # settled once: the window's end passes quietly, and a second settlement is refused
+    assert of_type(desk.timer(DEC_1 + 2 * HOUR), DeliverySettled) == []
+    assert desk.apply(SettleDelivery(1, 12, 12)) == [
+        CommandRejected("settle_delivery", "", 1, Reason.UNKNOWN_DELIVERY)]
+
+
+def test_a_delivered_fraction_outside_zero_to_one_is_refused() -> None:
+    desk = market_with_seller()
+    desk.rest(BOB, GPU_SPOT, SELL, 1, 2600)
+    desk.place(ALICE, GPU_SPOT, BUY, 1, 2600)
+    for delivered, required in ((13, 12), (-1, 12), (0, 0)):
+        assert desk.apply(SettleDelivery(1, delivered, required)) == [
+            CommandRejected("settle_delivery", "", 1, Reason.INVALID_AMOUNT)]
+    assert len(desk.ex.deliveries) == 1
