@@ -367,27 +367,31 @@ class Exchange:
             return
         if cmd.qty > 0 and market.min_price <= cmd.price <= market.max_price:
             need = market.order_lock(order.side, cmd.price, cmd.qty) - order.lock
-            if not market.spot:
+            more_margin = 0
+            change = cmd.qty - order.remaining
+            if market.spot:
+                if order.side == Side.SELL and change > 0 and \
+                        self._over_capacity(order.account, market, change):
+                    self._events.append(OrderRejected(cmd.order_id, cmd.account, cmd.symbol,
+                                                      "", Reason.CAPACITY_EXCEEDED))
+                    return
+            elif change:  # only a new quantity changes the margin the orders need
                 position = market.positions[order.account]
-                more = cmd.qty - order.remaining
-                buys = position.open_buys + (more if order.side == Side.BUY else 0)
-                sells = position.open_sells + (more if order.side == Side.SELL else 0)
+                buys = position.open_buys + (change if order.side == Side.BUY else 0)
+                sells = position.open_sells + (change if order.side == Side.SELL else 0)
                 required = market.initial_margin(net_exposure(position.qty, buys, sells))
-                more = required - position.held_orders - position.held_position
-                if more <= 0 and self.free_collateral(order.account) < 0:
-                    need = 0  # a margin-called account may always reduce its risk
-                else:
-                    need += more
-            elif order.side == Side.SELL and cmd.qty > order.remaining and \
-                    self._over_capacity(order.account, market, cmd.qty - order.remaining):
-                self._events.append(OrderRejected(cmd.order_id, cmd.account, cmd.symbol, "",
-                                                  Reason.CAPACITY_EXCEEDED))
-                return
-            if need > 0 and need > self.free_collateral(order.account):
-                reason = Reason.INSUFFICIENT_FUNDS if market.spot else Reason.INSUFFICIENT_MARGIN
-                self._events.append(OrderRejected(cmd.order_id, cmd.account, cmd.symbol, "",
-                                                  reason))
-                return
+                more_margin = required - position.held_orders - position.held_position
+                need += more_margin
+            if need > 0:
+                free = self.free_collateral(order.account)
+                # a margin-called account may always make changes that add no margin
+                exempt = not market.spot and more_margin <= 0 and free < 0
+                if need > free and not exempt:
+                    reason = Reason.INSUFFICIENT_FUNDS if market.spot \
+                        else Reason.INSUFFICIENT_MARGIN
+                    self._events.append(OrderRejected(cmd.order_id, cmd.account, cmd.symbol,
+                                                      "", reason))
+                    return
         self._book(market, Amend(self._ts, order.order_id, self.account_ids[order.account],
                                  cmd.price, cmd.qty))
 
