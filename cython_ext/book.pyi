@@ -10,6 +10,8 @@ EVENT_WORDS: int
 COMMAND_KINDS: dict[str, int]
 EVENT_KINDS: dict[str, int]
 ENUMS: dict[str, dict[str, int]]
+MAX_QTY: int
+MAX_LEVELS: int
 
 class MatchingCore:
     min_price: int

@@ -52,6 +52,10 @@ cdef enum:
     R_NOT_AMENDABLE = 8
     R_WOULD_CROSS = 9
 
+cdef int64_t MAX_QTY_LOTS = 1 << 40  # engine.messages.MAX_QTY: sums stay inside int64
+MAX_QTY = MAX_QTY_LOTS
+MAX_LEVELS = 1 << 24  # a band wider than this many ticks is refused
+
 # The packed record layouts, for engine/wire.py.
 COMMAND_WORDS = CMD_WORDS
 EVENT_WORDS = EV_WORDS
@@ -217,7 +221,7 @@ cdef class MatchingCore:
 
     def __cinit__(self, int64_t min_price, int64_t max_price):
         cdef int side
-        if min_price <= 0 or max_price < min_price:
+        if min_price <= 0 or max_price < min_price or max_price - min_price >= MAX_LEVELS:
             raise ValueError(f"bad price band [{min_price}, {max_price}]")
         self.min_price = min_price
         self.max_price = max_price
@@ -343,10 +347,14 @@ cdef class MatchingCore:
         cdef uint64_t old_size = self.map_mask + 1
         cdef uint64_t size = old_size * 2
         cdef uint64_t h
-        self.map_keys = <int64_t*>calloc(size, sizeof(int64_t))
-        self.map_vals = <int32_t*>malloc(size * sizeof(int32_t))
-        if not self.map_keys or not self.map_vals:
+        cdef int64_t* keys = <int64_t*>calloc(size, sizeof(int64_t))
+        cdef int32_t* vals = <int32_t*>malloc(size * sizeof(int32_t))
+        if not keys or not vals:
+            free(keys)
+            free(vals)
             raise MemoryError()
+        self.map_keys = keys
+        self.map_vals = vals
         self.map_mask = size - 1
         self.map_shift -= 1
         for i in range(old_size):
@@ -433,12 +441,17 @@ cdef class MatchingCore:
         cdef int64_t i, parent
         if self.heap_n > 2 * self.map_count + 64:
             self.heap_compact()
+        cdef int64_t* grown
         if self.heap_n == self.heap_cap:
-            self.heap_cap *= 2
-            self.heap_ts = <int64_t*>realloc(self.heap_ts, self.heap_cap * sizeof(int64_t))
-            self.heap_id = <int64_t*>realloc(self.heap_id, self.heap_cap * sizeof(int64_t))
-            if not self.heap_ts or not self.heap_id:
+            grown = <int64_t*>realloc(self.heap_ts, self.heap_cap * 2 * sizeof(int64_t))
+            if not grown:
                 raise MemoryError()
+            self.heap_ts = grown
+            grown = <int64_t*>realloc(self.heap_id, self.heap_cap * 2 * sizeof(int64_t))
+            if not grown:
+                raise MemoryError()
+            self.heap_id = grown
+            self.heap_cap *= 2
         i = self.heap_n
         self.heap_ts[i] = ts
         self.heap_id[i] = order_id
@@ -799,7 +812,7 @@ cdef class MatchingCore:
             return R_INVALID_ORDER
         if self.map_get(order_id) >= 0:
             return R_DUPLICATE_ORDER_ID
-        if qty <= 0 or display_qty < 0 or display_qty > qty:
+        if qty <= 0 or qty > MAX_QTY_LOTS or display_qty < 0 or display_qty > qty:
             return R_INVALID_QUANTITY
         is_market = order_type == T_MARKET or order_type == T_STOP_MARKET
         is_stop = order_type == T_STOP_LIMIT or order_type == T_STOP_MARKET
@@ -877,7 +890,7 @@ cdef class MatchingCore:
             reason = R_UNKNOWN_ORDER
         elif self.pool[s].slot == SLOT_STOP:
             reason = R_NOT_AMENDABLE
-        elif qty <= 0:
+        elif qty <= 0 or qty > MAX_QTY_LOTS:
             reason = R_INVALID_QUANTITY
         else:
             reason = self.check_price(price)
@@ -992,7 +1005,7 @@ cdef class MatchingCore:
         return self.ev_n // EV_WORDS
 
     def expire_orders(self, int64_t ts) -> int:
-        """Timer: expire GTD orders older than ts; returns the number of events."""
+        """Timer: expire GTD orders whose expire_ts is before ts; returns the event count."""
         self.ev_n = 0
         self.expire(ts)
         return self.ev_n // EV_WORDS
@@ -1028,6 +1041,7 @@ cdef class MatchingCore:
                 raise MemoryError()
             self.ends_cap = n
         self.ev_n = 0
+        self.batch_n = 0
         for i in range(n):
             self._run(c + i * CMD_WORDS)
             self.ends[i] = self.ev_n // EV_WORDS
@@ -1079,7 +1093,10 @@ cdef class MatchingCore:
                         int64_t remaining, int64_t shown, int64_t display_qty, int64_t tif,
                         int64_t expire_ts, int64_t stp, bint post_only) -> None:
         """Append a resting order to the back of its level, as a saved state lists it."""
-        if self.check_price(price) or not 0 <= side <= 1 or not 0 < shown <= remaining:
+        if (self.check_price(price) or not 0 <= side <= 1 or not 0 < shown <= remaining
+                or remaining > MAX_QTY_LOTS or display_qty < 0
+                or (shown != remaining if display_qty == 0 else shown > display_qty)
+                or tif not in (GTC, GTD) or not 0 <= stp <= 3):
             raise ValueError(f"bad resting order {order_id} in book state")
         cdef int32_t s = self.restored_slot(order_id)
         cdef Order* o = &self.pool[s]
@@ -1103,7 +1120,10 @@ cdef class MatchingCore:
                      int64_t price, int64_t stop_price, int64_t qty, int64_t tif,
                      int64_t expire_ts, int64_t stp) -> None:
         """Append a pending stop to the stop list, as a saved state lists it."""
-        if not 0 <= side <= 1 or order_type not in (T_STOP_LIMIT, T_STOP_MARKET) or qty <= 0:
+        if (not 0 <= side <= 1 or order_type not in (T_STOP_LIMIT, T_STOP_MARKET)
+                or not 0 < qty <= MAX_QTY_LOTS or self.check_price(stop_price)
+                or (order_type == T_STOP_LIMIT and self.check_price(price))
+                or not 0 <= tif <= 3 or not 0 <= stp <= 3):
             raise ValueError(f"bad stop order {order_id} in book state")
         cdef int32_t s = self.restored_slot(order_id)
         cdef Order* o = &self.pool[s]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from engine.messages import OrderType, SelfTradePrevention, Side, TimeInForce
+from engine.messages import Int64, OrderType, SelfTradePrevention, Side, TimeInForce
 
 
 class PlaceOrder(msgspec.Struct, frozen=True, tag="place_order"):
@@ -19,14 +19,14 @@ class PlaceOrder(msgspec.Struct, frozen=True, tag="place_order"):
     account: str
     symbol: str
     side: Side
-    qty: int
-    price: int = 0
+    qty: Int64
+    price: Int64 = 0
     order_type: OrderType = OrderType.LIMIT
     tif: TimeInForce = TimeInForce.GTC
     post_only: bool = False
-    display_qty: int = 0
-    stop_price: int = 0
-    expire_ts: int = 0
+    display_qty: Int64 = 0
+    stop_price: Int64 = 0
+    expire_ts: Int64 = 0
     stp: SelfTradePrevention = SelfTradePrevention.CANCEL_NEWEST
     client_order_id: str = ""
 
@@ -36,7 +36,7 @@ class CancelOrder(msgspec.Struct, frozen=True, tag="cancel_order"):
 
     account: str
     symbol: str
-    order_id: int
+    order_id: Int64
 
 
 class AmendOrder(msgspec.Struct, frozen=True, tag="amend_order"):
@@ -44,9 +44,9 @@ class AmendOrder(msgspec.Struct, frozen=True, tag="amend_order"):
 
     account: str
     symbol: str
-    order_id: int
-    price: int
-    qty: int
+    order_id: Int64
+    price: Int64
+    qty: Int64
 
 
 class CancelAll(msgspec.Struct, frozen=True, tag="cancel_all"):
@@ -60,17 +60,17 @@ class CancelAll(msgspec.Struct, frozen=True, tag="cancel_all"):
 class CreditDeposit(msgspec.Struct, frozen=True, tag="credit_deposit"):
     """Credit collateral that arrived on chain. Idempotent by ``deposit_id``."""
 
-    deposit_id: int
+    deposit_id: Int64
     account: str
-    amount: int
+    amount: Int64
 
 
 class RequestWithdrawal(msgspec.Struct, frozen=True, tag="request_withdrawal"):
     """Take ``amount`` out of the account's free collateral, to be paid on chain."""
 
-    withdrawal_id: int
+    withdrawal_id: Int64
     account: str
-    amount: int
+    amount: Int64
 
 
 class SetCapacity(msgspec.Struct, frozen=True, tag="set_capacity"):
@@ -78,7 +78,7 @@ class SetCapacity(msgspec.Struct, frozen=True, tag="set_capacity"):
 
     account: str
     underlying: str
-    units: int
+    units: Int64
 
 
 class IndexFix(msgspec.Struct, frozen=True, tag="index_fix"):
@@ -88,8 +88,8 @@ class IndexFix(msgspec.Struct, frozen=True, tag="index_fix"):
     """
 
     underlying: str
-    day: int
-    price: int
+    day: Int64
+    price: Int64
 
 
 class ClearingCut(msgspec.Struct, frozen=True, tag="clearing_cut"):
@@ -97,14 +97,13 @@ class ClearingCut(msgspec.Struct, frozen=True, tag="clearing_cut"):
 
 
 class SettleDelivery(msgspec.Struct, frozen=True, tag="settle_delivery"):
-    """Settle a spot delivery for ``delivered / required`` of it proven delivered (0..1).
+    """Settle a spot delivery for ``delivered / required`` of it proven delivered (0..1),
+    once its window is over. A delivery nobody settled closes fully delivered when a `Timer`
+    passes its window's end."""
 
-    Any delivery still open when a `Timer` passes its window's end settles as fully delivered.
-    """
-
-    delivery_id: int
-    delivered: int
-    required: int
+    delivery_id: Int64
+    delivered: Int64
+    required: Int64
 
 
 class Timer(msgspec.Struct, frozen=True, tag="timer"):

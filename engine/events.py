@@ -38,6 +38,7 @@ class Reason(StrEnum):
     DUPLICATE_DEPOSIT = "duplicate_deposit"
     DUPLICATE_WITHDRAWAL = "duplicate_withdrawal"
     UNKNOWN_DELIVERY = "unknown_delivery"
+    DELIVERY_NOT_DUE = "delivery_not_due"
     # cancellations (engine.messages.CancelReason) and the exchange's own
     USER = "user"
     IOC_REMAINDER = "ioc_remainder"

@@ -99,6 +99,7 @@ from engine.messages import (
     Side,
     TimeInForce,
     Triggered,
+    fits_int64,
 )
 from engine.messages import Event as BookEvent
 from engine.positions import Position
@@ -294,6 +295,8 @@ class Exchange:
             return Reason.INVALID_ACCOUNT
         if self._halted(market):
             return Reason.INSTRUMENT_HALTED
+        if not fits_int64(cmd.price, cmd.qty, cmd.display_qty, cmd.stop_price, cmd.expire_ts):
+            return Reason.INVALID_ORDER
         if cmd.qty <= 0:
             return Reason.INVALID_QUANTITY
         return None
@@ -361,9 +364,11 @@ class Exchange:
                                               Reason.UNKNOWN_ORDER))
             return
         market = self.markets[order.symbol]
-        if self._halted(market):
+        refusal = Reason.INSTRUMENT_HALTED if self._halted(market) else \
+            None if fits_int64(cmd.price, cmd.qty) else Reason.INVALID_ORDER
+        if refusal is not None:
             self._events.append(OrderRejected(cmd.order_id, cmd.account, cmd.symbol, "",
-                                              Reason.INSTRUMENT_HALTED))
+                                              refusal))
             return
         if cmd.qty > 0 and market.min_price <= cmd.price <= market.max_price:
             need = market.order_lock(order.side, cmd.price, cmd.qty) - order.lock
@@ -586,7 +591,7 @@ class Exchange:
         reason = None
         if not is_address(cmd.account) or cmd.account == FEE_ACCOUNT:
             reason = Reason.INVALID_ACCOUNT
-        elif cmd.amount <= 0:
+        elif not 0 < cmd.amount < 1 << 63 or not fits_int64(cmd.deposit_id):
             reason = Reason.INVALID_AMOUNT
         elif cmd.deposit_id in self.deposits_seen:
             reason = Reason.DUPLICATE_DEPOSIT
@@ -602,7 +607,7 @@ class Exchange:
         reason = None
         if not is_address(cmd.account) or cmd.account in SYSTEM_ACCOUNTS:
             reason = Reason.INVALID_ACCOUNT
-        elif cmd.amount <= 0:
+        elif not 0 < cmd.amount < 1 << 63 or not fits_int64(cmd.withdrawal_id):
             reason = Reason.INVALID_AMOUNT
         elif cmd.withdrawal_id in self.withdrawals_seen:
             reason = Reason.DUPLICATE_WITHDRAWAL
@@ -623,7 +628,7 @@ class Exchange:
         elif not any(m.spot and m.instrument.underlying == cmd.underlying
                      for m in self.markets.values()):
             reason = Reason.UNKNOWN_UNDERLYING
-        elif cmd.units < 0:
+        elif not 0 <= cmd.units < 1 << 63:
             reason = Reason.INVALID_AMOUNT
         if reason is not None:
             self._events.append(CommandRejected("set_capacity", cmd.account, 0, reason))
@@ -635,8 +640,8 @@ class Exchange:
         year, month, day = cmd.day // 10000, cmd.day // 100 % 100, cmd.day % 100
         if cmd.underlying not in self.underlyings:
             reason: Reason | None = Reason.UNKNOWN_UNDERLYING
-        elif cmd.price <= 0 or year < 1970 or not 1 <= month <= 12 or \
-                not 1 <= day <= calendar.monthrange(max(year, 1), month)[1]:
+        elif not 0 < cmd.price < 1 << 63 or not 1970 <= year <= 9999 or \
+                not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
             reason = Reason.INVALID_AMOUNT
         else:
             reason = None
@@ -670,8 +675,10 @@ class Exchange:
         reason = None
         if delivery is None:
             reason = Reason.UNKNOWN_DELIVERY
-        elif not 0 <= cmd.delivered <= cmd.required or cmd.required <= 0:
+        elif not 0 <= cmd.delivered <= cmd.required < 1 << 63 or cmd.required <= 0:
             reason = Reason.INVALID_AMOUNT
+        elif self._ts < delivery.window_end:
+            reason = Reason.DELIVERY_NOT_DUE  # nothing is proven before the window is over
         if reason is not None:
             self._events.append(CommandRejected("settle_delivery", "", cmd.delivery_id, reason))
             return

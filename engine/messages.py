@@ -8,8 +8,20 @@ and picks its type in one step (``msgspec.msgpack.decode(buf, type=Command)``).
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Annotated
 
 import msgspec
+
+MAX_QTY = 1 << 40
+"""Largest quantity (lots) an order may have: sums of quantities stay far inside int64."""
+
+Int64 = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
+"""An integer that fits the matching core's int64 fields; decoding refuses anything else."""
+
+
+def fits_int64(*values: int) -> bool:
+    """Whether every value fits in an int64."""
+    return all(-(1 << 63) <= v < (1 << 63) for v in values)
 
 
 class Side(IntEnum):
@@ -85,27 +97,27 @@ class NewOrder(msgspec.Struct, frozen=True, tag="new_order"):
     ``expire_ts`` is the last sequenced time at which a GTD order is still live.
     """
 
-    ts: int
-    order_id: int
-    account: int
+    ts: Int64
+    order_id: Int64
+    account: Int64
     side: Side
-    price: int
-    qty: int
+    price: Int64
+    qty: Int64
     order_type: OrderType = OrderType.LIMIT
     tif: TimeInForce = TimeInForce.GTC
     post_only: bool = False
-    display_qty: int = 0
-    stop_price: int = 0
-    expire_ts: int = 0
+    display_qty: Int64 = 0
+    stop_price: Int64 = 0
+    expire_ts: Int64 = 0
     stp: SelfTradePrevention = SelfTradePrevention.CANCEL_NEWEST
 
 
 class Cancel(msgspec.Struct, frozen=True, tag="cancel"):
     """Cancel one resting or pending order of ``account``."""
 
-    ts: int
-    order_id: int
-    account: int
+    ts: Int64
+    order_id: Int64
+    account: Int64
 
 
 class Amend(msgspec.Struct, frozen=True, tag="amend"):
@@ -115,25 +127,25 @@ class Amend(msgspec.Struct, frozen=True, tag="amend"):
     and a new price that crosses the book trades at once.
     """
 
-    ts: int
-    order_id: int
-    account: int
-    price: int
-    qty: int
+    ts: Int64
+    order_id: Int64
+    account: Int64
+    price: Int64
+    qty: Int64
 
 
 class MassCancel(msgspec.Struct, frozen=True, tag="mass_cancel"):
     """Cancel every order of ``account``, or only those on ``side``."""
 
-    ts: int
-    account: int
+    ts: Int64
+    account: Int64
     side: Side | None = None
 
 
 class ExpireOrders(msgspec.Struct, frozen=True, tag="expire_orders"):
     """Timer: expire GTD orders whose ``expire_ts`` is before ``ts``."""
 
-    ts: int
+    ts: Int64
 
 
 Command = NewOrder | Cancel | Amend | MassCancel | ExpireOrders

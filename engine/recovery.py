@@ -76,6 +76,21 @@ def open_data_dir(
     store = snapshot_store(data_dir)
     journal = FileJournal(journal_path(data_dir), policy, group_commit_ms=group_commit_ms,
                           background_fsync=True)
+    try:
+        exchange = _recover(data_dir, journal, store, instruments, book_factory)
+    except BaseException:
+        journal.close()
+        raise
+    return exchange, journal, store
+
+
+def _recover(
+    data_dir: Path,
+    journal: FileJournal,
+    store: SnapshotStore,
+    instruments: Callable[[], Iterable[Instrument]],
+    book_factory: BookFactory,
+) -> Exchange:
     snapshot = store.latest()
     if snapshot is None:
         if journal.last_seq:
@@ -92,7 +107,7 @@ def open_data_dir(
     applied = replay(exchange, journal.read(exchange.last_seq + 1))
     log.info("recovered %s at command %d (%d replayed after the snapshot), state %s",
              data_dir, exchange.last_seq, applied, exchange.state_hash())
-    return exchange, journal, store
+    return exchange
 
 
 class ReplayReport(msgspec.Struct, frozen=True):

@@ -10,6 +10,7 @@ from sortedcontainers import SortedDict, SortedList
 
 from engine.book import BookState, PendingStop, RestingOrder
 from engine.messages import (
+    MAX_QTY,
     Accepted,
     Amend,
     Amended,
@@ -234,7 +235,7 @@ class ReferenceBook:
             return RejectReason.INVALID_ORDER
         if cmd.order_id in self._orders:
             return RejectReason.DUPLICATE_ORDER_ID
-        if cmd.qty <= 0 or not 0 <= cmd.display_qty <= cmd.qty:
+        if not 0 < cmd.qty <= MAX_QTY or not 0 <= cmd.display_qty <= cmd.qty:
             return RejectReason.INVALID_QUANTITY
         is_market = cmd.order_type in (OrderType.MARKET, OrderType.STOP_MARKET)
         is_stop = cmd.order_type in (OrderType.STOP_LIMIT, OrderType.STOP_MARKET)
@@ -292,7 +293,7 @@ class ReferenceBook:
             return RejectReason.UNKNOWN_ORDER
         if order.order_id in self._stops:
             return RejectReason.NOT_AMENDABLE
-        if cmd.qty <= 0:
+        if not 0 < cmd.qty <= MAX_QTY:
             return RejectReason.INVALID_QUANTITY
         reason = self._check_price(cmd.price)
         if reason is None and order.post_only and self._crosses(order.side, cmd.price):

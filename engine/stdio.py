@@ -10,6 +10,7 @@ acknowledged at once, so a caller waiting for its acknowledgement never waits lo
 
 from __future__ import annotations
 
+import logging
 import os
 import selectors
 import struct
@@ -20,6 +21,8 @@ import msgspec
 
 from engine.commands import ExchangeCommand
 from engine.sequencer import Released, Sequencer
+
+log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("<I")
 MAX_FRAME = 1 << 20
@@ -53,19 +56,28 @@ def decode_reply(body: bytes) -> Reply:
     return _reply_decoder.decode(body)
 
 
+class FrameTooLargeError(ValueError):
+    """A length prefix beyond `MAX_FRAME`: the stream's framing cannot be trusted after it."""
+
+
 def split_frames(buffer: bytearray) -> Iterator[bytes]:
-    """Take every whole frame off the front of ``buffer`` (what is left stays)."""
+    """Take every whole frame off the front of ``buffer`` (what is left stays).
+
+    Raises `FrameTooLargeError` at an oversized length prefix, after yielding the frames before it.
+    """
     offset = 0
-    while len(buffer) - offset >= _LENGTH.size:
-        (size,) = _LENGTH.unpack_from(buffer, offset)
-        if size > MAX_FRAME:
-            raise ValueError(f"frame of {size} bytes exceeds {MAX_FRAME}")
-        end = offset + _LENGTH.size + size
-        if end > len(buffer):
-            break
-        yield bytes(buffer[offset + _LENGTH.size:end])
-        offset = end
-    del buffer[:offset]
+    try:
+        while len(buffer) - offset >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(buffer, offset)
+            if size > MAX_FRAME:
+                raise FrameTooLargeError(f"frame of {size} bytes exceeds {MAX_FRAME}")
+            end = offset + _LENGTH.size + size
+            if end > len(buffer):
+                break
+            yield bytes(buffer[offset + _LENGTH.size:end])
+            offset = end
+    finally:
+        del buffer[:offset]
 
 
 def serve(sequencer: Sequencer, stdin: int, stdout: int, quiet_s: float) -> None:
@@ -82,16 +94,18 @@ def serve(sequencer: Sequencer, stdin: int, stdout: int, quiet_s: float) -> None
             if not chunk:
                 open_input = False
             buffer += chunk
-            for body in split_frames(buffer):
-                try:
-                    command = _command_decoder.decode(body)
-                except msgspec.DecodeError as exc:
-                    # replies keep request order: acknowledge what came before first
-                    for reply in sequencer.sync():
-                        out += frame(_reply_encoder.encode(reply))
-                    out += frame(_reply_encoder.encode(RequestError(str(exc))))
-                    continue
-                sequencer.submit(command)
+            try:
+                for body in split_frames(buffer):
+                    try:
+                        command = _command_decoder.decode(body)
+                    except msgspec.DecodeError as exc:
+                        _refuse(sequencer, out, str(exc))
+                        continue
+                    sequencer.submit(command)
+            except FrameTooLargeError as exc:
+                _refuse(sequencer, out, str(exc))  # the framing is lost: stop reading
+                open_input = False
+                buffer.clear()
             released = sequencer.release()
         else:
             released = sequencer.sync()
@@ -100,9 +114,18 @@ def serve(sequencer: Sequencer, stdin: int, stdout: int, quiet_s: float) -> None
         if out:
             _write_all(stdout, out)
             out.clear()
+    if buffer:
+        log.warning("input ended inside a frame; %d bytes discarded", len(buffer))
     for reply in sequencer.sync():
         out += frame(_reply_encoder.encode(reply))
     _write_all(stdout, out)
+
+
+def _refuse(sequencer: Sequencer, out: bytearray, message: str) -> None:
+    """Queue a `RequestError`; replies keep request order, so what came before goes first."""
+    for reply in sequencer.sync():
+        out += frame(_reply_encoder.encode(reply))
+    out += frame(_reply_encoder.encode(RequestError(message)))
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:

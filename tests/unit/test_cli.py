@@ -56,7 +56,7 @@ def test_bench_engine_writes_its_figures(tmp_path: Path) -> None:
                          capture_output=True, text=True, check=True)
     assert "replay" in run.stdout
     figures = json.loads(out.read_text())
-    assert figures["deterministic"] is True
+    assert figures["deterministic"] is True and figures["rejected"] == 0
     assert figures["commands"] == 1000 + 1000 + 2000  # deposits, warm-up orders, the mix
     for key in ("commands_per_s", "replay_commands_per_s", "apply_only_per_s"):
         assert figures[key] > 0, key

@@ -125,3 +125,31 @@ def test_pool_and_map_grow_past_their_first_size() -> None:
         assert core.cancel(n + i, i, i) == 2
     assert len(core) == n // 2
     assert all((i in core) == (i % 2 == 0) for i in range(1, n + 1))
+
+
+def test_restore_refuses_states_the_core_could_not_match_on() -> None:
+    core = MatchingCore(100, 120)
+    bad_resting = [
+        (1, 7, 0, 99, 5, 5, 0, 0, 0, 0, False),  # price below the band
+        (1, 7, 0, 105, 5, 3, 0, 0, 0, 0, False),  # shows part of a non-iceberg
+        (1, 7, 0, 105, 5, 4, 3, 0, 0, 0, False),  # shows more than its display quantity
+        (1, 7, 0, 105, 5, 5, 0, 1, 0, 0, False),  # an IOC cannot rest
+        (1, 7, 2, 105, 5, 5, 0, 0, 0, 0, False),  # no such side
+    ]
+    for resting in bad_resting:
+        with pytest.raises(ValueError, match="bad resting order"):
+            core.restore_resting(*resting)
+    with pytest.raises(ValueError, match="bad stop order"):
+        core.restore_stop(2, 7, 0, 2, 130, 110, 1, 0, 0, 0)  # stop-limit priced off the band
+    with pytest.raises(ValueError, match="bad stop order"):
+        core.restore_stop(2, 7, 0, 3, 0, 99, 1, 1, 0, 0)  # stop price off the band
+    assert len(core) == 0
+
+
+def test_the_core_limits_match_the_engine_s() -> None:
+    assert core_module.MAX_QTY == messages.MAX_QTY
+    with pytest.raises(ValueError, match="band"):
+        MatchingCore(1, core_module.MAX_LEVELS + 1)
+    core = MatchingCore(100, 120)
+    assert core.new_order(1, 1, 7, Side.BUY, 105, messages.MAX_QTY + 1) == 1
+    assert core.events()[0][3] == messages.RejectReason.INVALID_QUANTITY

@@ -29,7 +29,7 @@ from engine.events import (
     Trade,
 )
 from engine.ledger import FEE_ACCOUNT, INSURANCE_FUND, Balances
-from engine.messages import OrderType, Side, TimeInForce
+from engine.messages import MAX_QTY, OrderType, Side, TimeInForce
 from tests.exchange_helpers import (
     ALICE,
     BOB,
@@ -453,3 +453,23 @@ def test_cancel_all_from_an_invalid_account_is_refused() -> None:
         CommandRejected("cancel_all", "not-an-address", 0, Reason.INVALID_ACCOUNT)]
     assert desk.apply(CancelAll(ALICE, "GPU.NOPE.SPOT")) == [
         CommandRejected("cancel_all", ALICE, 0, Reason.UNKNOWN_SYMBOL)]
+
+
+@pytest.mark.parametrize("field", ["price", "qty", "display_qty", "stop_price", "expire_ts"])
+def test_integers_beyond_int64_are_refused_not_crashed_on(field: str) -> None:
+    desk = funded(ALICE)
+    order = msgspec.structs.replace(PlaceOrder(ALICE, GPU_FUT, BUY, 1, 500),
+                                    **{field: 1 << 63})
+    assert [type(e) for e in desk.apply(order)] == [OrderRejected]
+    resting = desk.rest(ALICE, GPU_FUT, BUY, 1, 500)
+    assert one(desk.apply(AmendOrder(ALICE, GPU_FUT, resting, 500, 1 << 64)),
+               OrderRejected).reason == Reason.INVALID_ORDER
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.msgpack.decode(msgspec.msgpack.encode(order), type=PlaceOrder)
+
+
+def test_quantities_beyond_the_book_limit_are_refused() -> None:
+    desk = funded(ALICE)
+    events = desk.apply(PlaceOrder(ALICE, GPU_FUT, BUY, MAX_QTY + 1, 500))
+    assert one(events, OrderRejected).reason in (Reason.INVALID_QUANTITY,
+                                                 Reason.INSUFFICIENT_MARGIN)

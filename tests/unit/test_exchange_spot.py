@@ -196,6 +196,9 @@ def test_a_partly_delivered_window_pays_the_seller_its_share_and_compensates_the
     desk.rest(BOB, GPU_SPOT, SELL, 4, 2600)
     desk.place(ALICE, GPU_SPOT, BUY, 4, 2600)
     premium, bond = 2600 * 4 * GPU_TV, 2600 * 4 * GPU_TV // 4
+    assert desk.apply(SettleDelivery(1, 9, 12)) == [  # the window has not even begun
+        CommandRejected("settle_delivery", "", 1, Reason.DELIVERY_NOT_DUE)]
+    desk.at(DEC_1 + 2 * HOUR)
     # 9 of 12 node-epochs proven: three quarters delivered
     events = desk.apply(SettleDelivery(1, 9, 12))
     earned = premium * 9 // 12
@@ -208,7 +211,7 @@ def test_a_partly_delivered_window_pays_the_seller_its_share_and_compensates_the
     assert desk.balances(ALICE) == Balances(
         available=BUYER_FUNDS - premium * 5 // 10_000 - earned + compensation)
     # settled once: the window's end passes quietly, and a second settlement is refused
-    assert of_type(desk.timer(DEC_1 + 2 * HOUR), DeliverySettled) == []
+    assert of_type(desk.timer(), DeliverySettled) == []
     assert desk.apply(SettleDelivery(1, 12, 12)) == [
         CommandRejected("settle_delivery", "", 1, Reason.UNKNOWN_DELIVERY)]
 

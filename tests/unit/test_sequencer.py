@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -22,7 +23,14 @@ from engine.recovery import (
     verify_data_dir,
 )
 from engine.sequencer import Sequencer, decode_sequenced
-from engine.stdio import RequestError, decode_reply, encode_command, frame, split_frames
+from engine.stdio import (
+    RequestError,
+    decode_reply,
+    encode_command,
+    frame,
+    serve,
+    split_frames,
+)
 
 ALICE = "0x" + "a1" * 20
 BOB = "0x" + "b0" * 20
@@ -142,3 +150,32 @@ def test_command_frames_decode_and_errors_are_replies() -> None:
     assert msgspec.msgpack.decode(body) == {"type": "timer"}
     error = msgspec.msgpack.encode(RequestError("bad"))
     assert decode_reply(error) == RequestError("bad")
+
+
+def test_a_failed_recovery_releases_the_journal(tmp_path: Path,
+                                                instruments: list[Instrument]) -> None:
+    with FileJournal(journal_path(tmp_path), FsyncPolicy.NONE) as journal:
+        journal.append(b"x")
+    for _ in range(2):  # the second attempt is not refused as "already open for writing"
+        with pytest.raises(RecoveryError, match="no snapshot"):
+            open_data_dir(tmp_path, lambda: instruments)
+
+
+def test_a_broken_frame_gets_an_error_after_the_replies_owed(
+    tmp_path: Path, instruments: list[Instrument]
+) -> None:
+    journal = FileJournal(tmp_path / "j", FsyncPolicy.GROUP, group_commit_ms=10_000)
+    sequencer = Sequencer(Exchange(instruments), journal)
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    os.write(stdin_w, encode_command(CreditDeposit(1, ALICE, 10**9)) + b"\xff\xff\xff\x7f")
+    os.close(stdin_w)
+    serve(sequencer, stdin_r, stdout_w, quiet_s=0.01)
+    os.close(stdout_w)
+    output = bytearray()
+    while chunk := os.read(stdout_r, 1 << 16):
+        output += chunk
+    replies = [decode_reply(body) for body in split_frames(output)]
+    assert [type(r).__name__ for r in replies] == ["Released", "RequestError"]
+    assert isinstance(replies[1], RequestError) and "exceeds" in replies[1].message
+    assert journal.durable_seq == 1  # what was acknowledged is durable
