@@ -67,8 +67,9 @@ def register(commands: Any) -> None:
     shard.add_argument("--data-dir", type=Path, required=True, help="snapshot directory")
     shard.add_argument("--snapshot-every", type=int, default=10_000,
                        help="write a snapshot every N commands (default 10000)")
-    shard.add_argument("--listing-date", type=date.fromisoformat, default=None,
-                       help="date the instruments are listed from (default today, UTC)")
+    shard.add_argument("--listing-date", type=date.fromisoformat, required=True,
+                       help="date the instruments are listed from; keep it across restarts, "
+                       "so the shard's symbols stay listed (YYYY-MM-DD)")
     shard.set_defaults(handler=_shard)
 
     replay: argparse.ArgumentParser = commands.add_parser(
@@ -104,7 +105,7 @@ def _engine(args: argparse.Namespace) -> int:
 def _shard(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    registry = Registry.load(listing_date=args.listing_date or utc_today())
+    registry = Registry.load(listing_date=args.listing_date)
     try:
         if args.shard_map is not None:
             shard_map = msgspec.json.decode(args.shard_map.read_bytes(), type=ShardMap)

@@ -131,7 +131,6 @@ class Market:
         self.min_price, self.max_price = instrument.min_price_ticks, instrument.max_price_ticks
         self.book = book_factory(self.min_price, self.max_price)
         self.tick_value = instrument.micro_usdc_per_tick_lot
-        self.tick_micro: int = instrument.tick_units * 10**6 // 10**instrument.price_precision
         self.window_ns = instrument.delivery_window_seconds * NS
         self.mark = instrument.reference_price_ticks
         self.halted = False
@@ -167,8 +166,15 @@ class Market:
         return held(lots * self.mark * self.tick_value, self.instrument.maintenance_margin_bp)
 
     def to_ticks(self, micro: int, count: int = 1) -> int:
-        """The mean ``micro / count`` (micro-USDC per unit) rounded half up to a tick."""
-        return (2 * micro + count * self.tick_micro) // (2 * count * self.tick_micro)
+        """The mean ``micro / count`` (micro-USDC per unit) rounded half up to a tick.
+
+        A tick is ``tick_units * 10**-price_precision`` USDC, so the mean in ticks is
+        ``micro * 10**precision / (count * tick_units * 10**6)``, rounded exactly.
+        """
+        spec = self.instrument
+        numerator = micro * 10**spec.price_precision
+        denominator = count * spec.tick_units * 10**6
+        return int((2 * numerator + denominator) // (2 * denominator))
 
 
 class ExchangeState(msgspec.Struct, frozen=True, array_like=True):

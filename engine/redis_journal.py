@@ -1,4 +1,4 @@
-"""Journal and event streams on Redis Streams, for engines sharded over processes.
+"""The journal on Redis Streams, for engines sharded over processes (also their event streams).
 
 ``RedisStreamJournal`` keeps record ``seq`` as the stream entry with the explicit ID
 ``{seq}-0`` and one field, ``p``, holding the payload. Explicit IDs make the stream itself the
@@ -23,7 +23,7 @@ import redis
 
 from engine.journal import JournalError
 
-__all__ = ["RedisEventStream", "RedisStreamJournal"]
+__all__ = ["RedisStreamJournal"]
 
 _FIELD = b"p"
 
@@ -140,44 +140,6 @@ class RedisStreamJournal:
             f"journal stream {self.stream!r} refused seq {seq}: {exc} "
             "(another writer, or a lost reply to an earlier append; reopen to resume)"
         )
-
-
-class RedisEventStream:
-    """A shard's event stream: the engine publishes, gateways read after the last ID they saw.
-
-    Entries get Redis-assigned IDs; ``maxlen`` bounds the stream approximately (readers that
-    fall further behind miss events, so it should cover their worst lag).
-    """
-
-    def __init__(self, client: redis.Redis, stream: str, *, maxlen: int | None = None) -> None:
-        _check_client(client)
-        self.stream = stream
-        self._client = client
-        self._maxlen = maxlen
-
-    def publish(self, payload: bytes) -> str:
-        """Append an event; return its entry ID."""
-        entry_id = cast(
-            bytes, self._client.xadd(self.stream, {_FIELD: payload}, maxlen=self._maxlen)
-        )
-        return entry_id.decode()
-
-    def read_after(
-        self, last_id: str, count: int = 1000, block_ms: int | None = None
-    ) -> list[tuple[str, bytes]]:
-        """Up to ``count`` events after ``last_id`` (``"0"``: from the start, ``"$"``: only new).
-
-        With ``block_ms`` waits that long for an event if there is none yet (0: forever);
-        returns ``[]`` on timeout.
-        """
-        reply = cast(
-            list[tuple[bytes, list[_Entry]]],
-            self._client.xread({self.stream: last_id}, count=count, block=block_ms),
-        )
-        if not reply:
-            return []
-        ((_, entries),) = reply
-        return [(entry_id.decode(), fields[_FIELD]) for entry_id, fields in entries]
 
 
 def _check_client(client: redis.Redis) -> None:

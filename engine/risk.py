@@ -1,7 +1,8 @@
 """Collateral arithmetic: fees, order locks, bonds and margins, in integer micro-USDC.
 
-Rounding always favours the exchange's solvency by at most one micro-USDC: fees charged
-round down (in the payer's favour), amounts held (bonds, margin) round up.
+Rounding is by at most one micro-USDC and always the same way: fees charged round down
+(in the payer's favour), amounts held as collateral (bonds, margin) round up (in the
+exchange's).
 """
 
 from __future__ import annotations

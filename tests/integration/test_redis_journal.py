@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 import redis
 
 from engine.journal import Journal, JournalError
-from engine.redis_journal import RedisEventStream, RedisStreamJournal
+from engine.redis_journal import RedisStreamJournal
 from tests.integration.conftest import RedisServer
 
 PAYLOADS = [f"command {i}".encode() + bytes([i % 256]) * i for i in range(1, 21)]
@@ -101,51 +98,3 @@ def test_clients_that_decode_replies_are_refused(redis_server: RedisServer) -> N
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     with pytest.raises(ValueError, match="decode_responses=False"):
         RedisStreamJournal(client, "s")
-    with pytest.raises(ValueError, match="decode_responses=False"):
-        RedisEventStream(client, "events")
-
-
-# --- event streams ------------------------------------------------------------------------
-
-
-def test_events_are_read_after_the_last_id_seen(redis_server: RedisServer) -> None:
-    events = RedisEventStream(redis_server.client(), "shard-1:events")
-    assert events.read_after("0") == []
-    ids = [events.publish(f"event {i}".encode()) for i in range(5)]
-    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
-    assert events.read_after("0", count=2) == [(ids[0], b"event 0"), (ids[1], b"event 1")]
-    assert events.read_after(ids[1]) == [(i, f"event {n}".encode()) for n, i in enumerate(ids)][2:]
-    assert events.read_after(ids[-1]) == []
-
-
-def test_a_blocking_read_wakes_when_an_event_is_published(redis_server: RedisServer) -> None:
-    reader = RedisEventStream(redis_server.client(), "events")
-    writer = RedisEventStream(redis_server.client(), "events")
-    last = writer.publish(b"old")
-    publish = threading.Timer(0.2, writer.publish, args=(b"new",))
-    started = time.monotonic()
-    publish.start()
-    try:
-        got = reader.read_after(last, block_ms=4000)
-    finally:
-        publish.join()
-    assert [payload for _, payload in got] == [b"new"]
-    assert 0.15 < time.monotonic() - started < 3
-
-
-def test_a_blocking_read_times_out_empty(redis_server: RedisServer) -> None:
-    events = RedisEventStream(redis_server.client(), "events")
-    started = time.monotonic()
-    assert events.read_after("$", block_ms=150) == []
-    assert time.monotonic() - started >= 0.14
-
-
-def test_an_event_stream_can_be_capped(redis_server: RedisServer) -> None:
-    client = redis_server.client()
-    events = RedisEventStream(client, "events", maxlen=100)
-    for i in range(1000):
-        events.publish(str(i).encode())
-    length = client.xlen("events")
-    assert isinstance(length, int)
-    assert 100 <= length < 1000
-    assert events.read_after("0", count=1)[0][1] != b"0"

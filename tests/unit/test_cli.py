@@ -65,7 +65,8 @@ def test_bench_engine_writes_its_figures(tmp_path: Path) -> None:
 def test_shard_map_errors_are_clear(tmp_path: Path) -> None:
     shard_map = tmp_path / "shards.json"
     shard_map.write_text('{"shards": {"gpu": ["GPU.H100.SPOT"]}}')
-    base = [*CMX, "shard", "--data-dir", str(tmp_path / "d"), "--shard-map", str(shard_map)]
+    base = [*CMX, "shard", "--data-dir", str(tmp_path / "d"), "--shard-map", str(shard_map),
+            "--listing-date", "2026-11-30"]
     missing = subprocess.run([*base, "--name", "rack"], capture_output=True, text=True,
                              check=False)
     assert missing.returncode == 2 and "no shard named rack" in missing.stderr
