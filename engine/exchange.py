@@ -8,8 +8,10 @@ marks and clears futures, and expires what has expired when a `Timer` arrives.
 Choices the design left open, written down:
 
 * Spot buys hold the premium at their limit price (market orders: the top of the band) plus
-  the taker fee on it; spot sells hold the bond on their own limit price. The buyer's fee is
-  charged at the fill, the seller's on the delivered premium when the window closes.
+  the taker fee on it; spot sells hold the bond on their own limit price (market sells: the
+  bottom of the band), and that bond is what backs the delivery, even when the sell trades
+  above its limit. The buyer's fee is charged at the fill, the seller's on the delivered
+  premium when the window closes.
 * Futures hold the taker fee per order (a sell's at the top of the band, the highest price
   it can trade at) and initial margin per instrument, on the net worst
   case of position and open orders, valued at the instrument's mark (the last clearing mark;
@@ -21,8 +23,8 @@ Choices the design left open, written down:
   insurance fund, which may itself go negative (and says so) rather than create money.
 * Index fixes are in micro-USDC per unit of the futures' quote, for a real calendar day.
   A future takes no orders from its last trade time on (the next `Timer` cancels what
-  rests) and settles, once its delivery month is over, at the mean of the month's fixes
-  rounded to its tick; without fixes it waits for them.
+  rests) and settles at the first `Timer` after its delivery month, at the mean of the
+  fixes recorded for that month's days by then, rounded to its tick; without any it waits.
 """
 
 from __future__ import annotations
