@@ -23,8 +23,9 @@ Choices the design left open, written down:
   insurance fund, which may itself go negative (and says so) rather than create money.
 * Index fixes are in micro-USDC per unit of the futures' quote, for a real calendar day.
   A future takes no orders from its last trade time on (the next `Timer` cancels what
-  rests) and settles at the first `Timer` after its delivery month, at the mean of the
-  fixes recorded for that month's days by then, rounded to its tick; without any it waits.
+  rests) and settles at the first `Timer` after its delivery month that finds a fix for
+  every day of that month, at their mean rounded to its tick; until then it waits (an
+  oracle may send a missed day's fix late).
 """
 
 from __future__ import annotations
@@ -708,8 +709,8 @@ class Exchange:
         first = expiry.year * 10000 + expiry.month * 100
         fixes = [price for (underlying, day), price in self.fixes.items()
                  if underlying == market.instrument.underlying and first < day < first + 100]
-        if not fixes:
-            return
+        if len(fixes) < calendar.monthrange(expiry.year, expiry.month)[1]:
+            return  # the mean is over every day of the month: wait for the missing fixes
         price = market.to_ticks(sum(fixes), len(fixes))
         market.settled = True
         market.mark = price

@@ -74,6 +74,13 @@ def settlement_ticks(fixes: list[int], tick_micro: int) -> int:
     return floor(Fraction(sum(fixes), len(fixes) * tick_micro) + Fraction(1, 2))
 
 
+def fix_december(desk: Desk, underlying: str, prices: list[int]) -> None:
+    """One fix for each of the 31 days of December 2026, in order."""
+    assert len(prices) == 31
+    for day, price in enumerate(prices, 1):
+        desk.fix(underlying, 20261200 + day, price)
+
+
 def funded(*accounts: str) -> Desk:
     desk = Desk()
     for who in accounts:
@@ -220,11 +227,10 @@ def test_a_halted_position_is_still_marked_and_liquidated_without_an_order() -> 
 def test_a_future_settles_after_its_month_at_the_mean_of_the_months_fixes() -> None:
     desk = funded(ALICE, BOB)
     long_two(desk)
-    fixes = [2_500_000, 2_505_000]  # mean 2 502 500: 500.5 ticks
+    fixes = [2_500_000] * 15 + [2_505_000] * 16  # mean 2 502 580.6: 500.52 ticks
     desk.fix("GPU.H100", 20261130, 9_000_000)  # November: not part of the mean
-    desk.fix("GPU.H100", 20261201, fixes[0])
     desk.fix("GPU.H100", 20261231, 1)
-    desk.fix("GPU.H100", 20261231, fixes[1])  # replaces the fix of the same day
+    fix_december(desk, "GPU.H100", fixes)  # 31 December replaces the fix of the same day
     desk.fix("GPU.H100", 20270101, 1_000_000)  # January: not part of it either
     price = settlement_ticks(fixes, 5_000)
     assert price == 501
@@ -254,7 +260,7 @@ def test_settlement_pays_only_what_the_last_cut_left() -> None:
     cut = {v.account: v.amount for v in of_type(desk.cut(), VariationMargin)}
     # marked at the last trade, 520: Bob is short 2 from 500 and 1 from 520
     assert cut == {ALICE: 20 * 2 * TV, BOB: -(20 * 2) * TV}
-    desk.fix("GPU.H100", 20261215, 2_505_000)  # 501 ticks
+    fix_december(desk, "GPU.H100", [2_505_000] * 31)  # 501 ticks
     desk.timer(LAST_TRADE)
     events = desk.timer(MONTH_END)
     assert one(events, FinalSettlement) == FinalSettlement(GPU_FUT, 501)
@@ -274,8 +280,11 @@ def test_without_fixes_for_its_month_a_future_waits() -> None:
     assert desk.position(ALICE, GPU_FUT).qty == 2
     assert desk.balances(ALICE).margin == 2 * 500 * TV * 2_000 // 10_000
     assert not desk.ex.markets[GPU_FUT].settled
-    desk.fix("GPU.H100", 20261215, 2_600_000)  # late, but for December
-    events = desk.timer(MONTH_END + 2 * HOUR)
+    for day in range(1, 31):  # late, but for December: all days but the last
+        desk.fix("GPU.H100", 20261200 + day, 2_600_000)
+    assert of_type(desk.timer(MONTH_END + 2 * HOUR), FinalSettlement) == []
+    desk.fix("GPU.H100", 20261231, 2_600_000)  # the month is complete
+    events = desk.timer(MONTH_END + 3 * HOUR)
     assert one(events, FinalSettlement) == FinalSettlement(GPU_FUT, 520)
     assert desk.position(ALICE, GPU_FUT).qty == 0
     assert desk.balances(ALICE).margin == 0
@@ -284,11 +293,11 @@ def test_without_fixes_for_its_month_a_future_waits() -> None:
 def test_rack_load_settles_on_its_own_tick() -> None:
     desk = funded(ALICE, BOB)
     long_two(desk, 1500, RACK_FUT)
-    fixes = [150_000_000, 150_100_000]  # USDC 150.00 and 150.10 per kW-month
-    for day, fix in zip((20261201, 20261202), fixes, strict=True):
-        desk.fix("RACK.KW", day, fix)
+    # USDC 150.00 and 150.10 per kW-month, one day more of the higher: 1500.5 ticks + 1/310
+    fixes = [150_000_000] * 15 + [150_100_000] * 16
+    fix_december(desk, "RACK.KW", fixes)
     price = settlement_ticks(fixes, 100_000)
-    assert price == 1501  # 1500.5 rounds half up
+    assert price == 1501
     desk.timer(LAST_TRADE)
     events = desk.timer(MONTH_END)
     assert one(events, FinalSettlement) == FinalSettlement(RACK_FUT, price)
@@ -300,7 +309,7 @@ def test_a_settlement_loss_beyond_the_margin_is_covered_by_the_insurance_fund() 
     desk = funded(BOB)
     desk.deposit(ALICE, 600 * 2 * TV * 5 // 10_000 + 2 * 500 * TV * 2_000 // 10_000)
     long_two(desk, 600)
-    desk.fix("GPU.H100", 20261210, 2_000_000)  # 400 ticks
+    fix_december(desk, "GPU.H100", [2_000_000] * 31)  # 400 ticks
     desk.timer(LAST_TRADE)
     events = desk.timer(MONTH_END)
     assert one(events, FinalSettlement) == FinalSettlement(GPU_FUT, 400)

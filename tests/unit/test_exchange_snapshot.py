@@ -75,7 +75,8 @@ def scripted_journal() -> tuple[Sequenced, ...]:
     desk.cancel(BOB, GPU_SPOT, 2)
     desk.timer(START + 2 * HOUR)  # the 01:00 window closes
     desk.cut()
-    desk.fix("GPU.H100", 20261230, 2_560_000)
+    for day in range(2, 32):  # the rest of December's fixes: a mean of 507.03 ticks
+        desk.fix("GPU.H100", 20261200 + day, 2_536_000)
     desk.timer(utc_ns(2026, 12, 31))  # December futures halt
     desk.cut()
     desk.timer(utc_ns(2027, 1, 1))  # and GPU.H100.F2612 settles
