@@ -8,10 +8,10 @@ marks and clears futures, and expires what has expired when a `Timer` arrives.
 Choices the design left open, written down:
 
 * Spot buys hold the premium at their limit price (market orders: the top of the band) plus
-  the taker fee on it; spot sells hold the bond on their own limit price (market sells: the
-  bottom of the band), and that bond is what backs the delivery, even when the sell trades
-  above its limit. The buyer's fee is charged at the fill, the seller's on the delivered
-  premium when the window closes.
+  the taker fee on it. Spot sells hold the bond at the highest price they can trade at: their
+  limit, or the best bid when they arrive above it (stops: the top of the band), so the bond
+  a delivery gets is at least its share of the trade's notional. The buyer's fee is charged
+  at the fill, the seller's on the delivered premium when the window closes.
 * Futures hold the taker fee per order (a sell's at the top of the band, the highest price
   it can trade at) and initial margin per instrument, on the net worst
   case of position and open orders, valued at the instrument's mark (the last clearing mark;
@@ -239,6 +239,7 @@ class Exchange:
         self._events: list[ExchangeEvent] = []
         self._positions_touched: dict[tuple[str, str], None] = {}
         self._placing: dict[int, PlaceOrder] = {}
+        self._lock_price: dict[int, int] = {}  # spot sells entering: where their bond is held
         self._futures_held: dict[str, list[Market]] = {}  # futures with a position, by account
         self._cancel_reason: Reason | None = None
 
@@ -292,10 +293,13 @@ class Exchange:
         order_id = self.next_order_id
         self.next_order_id += 1
         self._placing[order_id] = cmd
+        if market.spot and cmd.side == Side.SELL:
+            self._lock_price[order_id] = self._sell_lock_price(market, cmd)
         self._book(market, NewOrder(self._ts, order_id, self._account_id(cmd.account), cmd.side,
                                     cmd.price, cmd.qty, cmd.order_type, cmd.tif, cmd.post_only,
                                     cmd.display_qty, cmd.stop_price, cmd.expire_ts, cmd.stp))
         self._placing.pop(order_id, None)
+        self._lock_price.pop(order_id, None)
 
     def _order_refusal(self, cmd: PlaceOrder, market: Market | None) -> Reason | None:
         if market is None:
@@ -309,6 +313,18 @@ class Exchange:
         if cmd.qty <= 0:
             return Reason.INVALID_QUANTITY
         return None
+
+    def _sell_lock_price(self, market: Market, cmd: PlaceOrder | AmendOrder) -> int:
+        """The price a spot sell holds its bond at: the highest it can trade at. An incoming
+        sell trades at the bids down to its limit; a stop triggers later, anywhere in the band."""
+        if isinstance(cmd, PlaceOrder):
+            if cmd.order_type in (OrderType.STOP_LIMIT, OrderType.STOP_MARKET):
+                return market.max_price
+            limit = self._limit(cmd, market)
+        else:
+            limit = cmd.price
+        bid = market.book.best_bid()
+        return limit if bid is None else max(limit, bid)
 
     def _halted(self, market: Market) -> bool:
         """Whether ``market`` takes no orders: halted, or a future past its last trade time
@@ -324,11 +340,12 @@ class Exchange:
         limit = self._limit(cmd, market)
         if not market.min_price <= limit <= market.max_price:
             return None  # the book refuses it with the precise reason
-        need = market.order_lock(cmd.side, limit, cmd.qty)
-        if market.spot:
-            if cmd.side == Side.SELL and self._over_capacity(cmd.account, market, cmd.qty):
+        if market.spot and cmd.side == Side.SELL:
+            if self._over_capacity(cmd.account, market, cmd.qty):
                 return Reason.CAPACITY_EXCEEDED
-        else:
+            limit = self._sell_lock_price(market, cmd)
+        need = market.order_lock(cmd.side, limit, cmd.qty)
+        if not market.spot:
             position = market.positions.get(cmd.account) or Position()
             buys = position.open_buys + (cmd.qty if cmd.side == Side.BUY else 0)
             sells = position.open_sells + (cmd.qty if cmd.side == Side.SELL else 0)
@@ -379,8 +396,11 @@ class Exchange:
             self._events.append(OrderRejected(cmd.order_id, cmd.account, cmd.symbol, "",
                                               refusal))
             return
+        lock_price = cmd.price
         if cmd.qty > 0 and market.min_price <= cmd.price <= market.max_price:
-            need = market.order_lock(order.side, cmd.price, cmd.qty) - order.lock
+            if market.spot and order.side == Side.SELL:
+                lock_price = self._sell_lock_price(market, cmd)
+            need = market.order_lock(order.side, lock_price, cmd.qty) - order.lock
             more_margin = 0
             change = cmd.qty - order.remaining
             if market.spot:
@@ -406,8 +426,10 @@ class Exchange:
                     self._events.append(OrderRejected(cmd.order_id, cmd.account, cmd.symbol,
                                                       "", reason))
                     return
+        self._lock_price[order.order_id] = lock_price
         self._book(market, Amend(self._ts, order.order_id, self.account_ids[order.account],
                                  cmd.price, cmd.qty))
+        self._lock_price.pop(order.order_id, None)
 
     def _cancel_all(self, cmd: CancelAll) -> None:
         account_id = self.account_ids.get(cmd.account)
@@ -458,7 +480,7 @@ class Exchange:
                                          event.qty, event.remaining))
         elif isinstance(event, Amended):
             order = self.orders[event.order_id]
-            order.limit = event.price
+            order.limit = self._lock_price.get(event.order_id) or event.price
             self._resize(market, order, event.qty, release=True)
             events.append(OrderAmended(event.order_id, order.account, symbol, event.price,
                                        event.qty))
@@ -476,7 +498,7 @@ class Exchange:
 
     def _on_accepted(self, market: Market, event: Accepted) -> None:
         cmd = self._placing[event.order_id]
-        limit = self._limit(cmd, market)
+        limit = self._lock_price.get(event.order_id) or self._limit(cmd, market)
         order = LiveOrder(event.order_id, cmd.account, market.symbol, cmd.side, limit, 0, 0)
         self.orders[event.order_id] = order
         self._resize(market, order, cmd.qty, release=False)

@@ -140,14 +140,22 @@ def test_spot_sell_locks_a_quarter_of_its_limit_notional_as_bond() -> None:
     assert one(events, BalanceChanged) == BalanceChanged(BOB, 10_000_000 - bond, bond, 0, 0)
 
 
-def test_spot_market_sell_bonds_at_the_bottom_of_the_band() -> None:
+def test_spot_market_sell_bonds_at_the_best_bid_it_sells_to() -> None:
     desk = funded(BOB, amount=10_000_000)
     desk.capacity(BOB, "GPU.H100", 10)
     desk.deposit(ALICE, RICH)
     desk.rest(ALICE, GPU_SPOT, BUY, 1, 2700)
     desk.place(BOB, GPU_SPOT, SELL, 1, order_type=MARKET, tif=IOC)
-    bond = -(-2125 * 1 * SPOT_TV * 2_500 // 10_000)
+    bond = -(-2700 * 1 * SPOT_TV * 2_500 // 10_000)  # 25 % of what the sell traded for
     assert desk.balances(BOB) == Balances(available=10_000_000 - bond, escrow=bond)
+
+
+def test_a_spot_stop_sell_bonds_at_the_top_of_the_band() -> None:
+    desk = funded(BOB, amount=10_000_000)
+    desk.capacity(BOB, "GPU.H100", 10)
+    desk.place(BOB, GPU_SPOT, SELL, 2, 2400, order_type=OrderType.STOP_LIMIT, stop_price=2450)
+    bond = -(-2875 * 2 * SPOT_TV * 2_500 // 10_000)  # it may trigger into any bid
+    assert desk.balances(BOB) == Balances(available=10_000_000 - bond, reserved=bond)
 
 
 def test_spot_bond_rounds_up_and_fee_rounds_down() -> None:

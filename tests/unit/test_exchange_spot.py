@@ -107,7 +107,7 @@ def test_a_taker_seller_pays_the_taker_fee_on_the_premium_at_delivery() -> None:
     desk.rest(ALICE, GPU_SPOT, BUY, 2, 2550)  # Alice is the maker: her fee is 0
     events = desk.place(BOB, GPU_SPOT, SELL, 2, 2500)
     premium = 2550 * 2 * GPU_TV
-    bond = 2500 * 2 * GPU_TV // 4  # on Bob's own limit, not the fill price
+    bond = 2550 * 2 * GPU_TV // 4  # on the bid Bob sold into, above his own limit
     assert (one(events, Trade).maker_fee, one(events, Trade).taker_fee) == (0, 0)
     assert one(events, DeliveryOpened).bond == bond
     # Alice's lock included the taker fee; as maker she is charged 0 and gets it back
