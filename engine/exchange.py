@@ -31,14 +31,12 @@ Choices the design left open, written down:
 from __future__ import annotations
 
 import calendar
-import hashlib
 import heapq
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import msgspec
 
-from engine.book import BookState, OrderBook
 from engine.commands import (
     AmendOrder,
     CancelAll,
@@ -82,8 +80,10 @@ from engine.events import (
     VariationMargin,
     WithdrawalRequested,
 )
-from engine.instruments import Instrument, InstrumentKind
-from engine.ledger import FEE_ACCOUNT, INSURANCE_FUND, SYSTEM_ACCOUNTS, Balances, Ledger, is_address
+from engine.exchange_state import ExchangeState, encode_state, state_digest
+from engine.instruments import Instrument
+from engine.ledger import FEE_ACCOUNT, INSURANCE_FUND, SYSTEM_ACCOUNTS, Ledger, is_address
+from engine.market import BookFactory, LiveOrder, Market
 from engine.messages import (
     Accepted,
     Amend,
@@ -106,104 +106,7 @@ from engine.messages import (
 )
 from engine.messages import Event as BookEvent
 from engine.positions import Position
-from engine.risk import fee, held, net_exposure, spot_buy_lock
-
-BookFactory = Callable[[int, int], OrderBook]
-NS = 1_000_000_000
-
-
-class LiveOrder(msgspec.Struct, array_like=True):
-    """An order the exchange holds collateral for."""
-
-    order_id: int
-    account: str
-    symbol: str
-    side: Side
-    limit: int  # the price its lock is computed on
-    remaining: int
-    lock: int  # micro-USDC in the account's reserved bucket for this order
-
-
-class Market:
-    """One instrument: its book and its trading state."""
-
-    def __init__(self, instrument: Instrument, book_factory: BookFactory) -> None:
-        self.instrument = instrument
-        self.symbol = instrument.symbol
-        self.spot = instrument.kind == InstrumentKind.SPOT
-        self.min_price, self.max_price = instrument.min_price_ticks, instrument.max_price_ticks
-        self.book = book_factory(self.min_price, self.max_price)
-        self.tick_value = instrument.micro_usdc_per_tick_lot
-        self.window_ns = instrument.delivery_window_seconds * NS
-        self.mark = instrument.reference_price_ticks
-        self.halted = False
-        self.settled = False
-        self.positions: dict[str, Position] = {}
-        expiry = instrument.expiry
-        self.last_trade_ns = expiry.last_trade_ns if expiry else 0
-        if expiry:
-            year, month = (expiry.year + 1, 1) if expiry.month == 12 else \
-                (expiry.year, expiry.month + 1)
-            self.month_end_ns = calendar.timegm((year, month, 1, 0, 0, 0)) * NS
-        else:
-            self.month_end_ns = 0
-
-    def order_lock(self, side: Side, limit: int, qty: int) -> int:
-        """What an order of ``qty`` lots at ``limit`` holds in reserved besides margin."""
-        spec = self.instrument
-        if not self.spot:
-            # a sell may trade above its limit, up to the top of the band
-            worst = limit if side == Side.BUY else self.max_price
-            return fee(worst * qty * self.tick_value, spec.taker_fee_bp)
-        notional = limit * qty * self.tick_value
-        if side == Side.BUY:
-            return spot_buy_lock(notional, spec.buyer_premium_lock_bp, spec.taker_fee_bp)
-        return held(notional, spec.seller_bond_bp)
-
-    def initial_margin(self, lots: int) -> int:
-        """Initial margin on ``lots`` at the mark."""
-        return held(lots * self.mark * self.tick_value, self.instrument.initial_margin_bp)
-
-    def maintenance_margin(self, lots: int) -> int:
-        """Maintenance margin on ``lots`` at the mark."""
-        return held(lots * self.mark * self.tick_value, self.instrument.maintenance_margin_bp)
-
-    def to_ticks(self, micro: int, count: int = 1) -> int:
-        """The mean ``micro / count`` (micro-USDC per unit) rounded half up to a tick.
-
-        A tick is ``tick_units * 10**-price_precision`` USDC, so the mean in ticks is
-        ``micro * 10**precision / (count * tick_units * 10**6)``, rounded exactly.
-        """
-        spec = self.instrument
-        numerator = micro * 10**spec.price_precision
-        denominator = count * spec.tick_units * 10**6
-        return int((2 * numerator + denominator) // (2 * denominator))
-
-
-class ExchangeState(msgspec.Struct, frozen=True, array_like=True):
-    """Everything the exchange knows, canonically ordered: a snapshot and the hash input."""
-
-    last_seq: int
-    last_ts: int
-    next_order_id: int
-    next_delivery_id: int
-    cuts: int
-    instruments: list[Instrument]
-    account_ids: list[str]
-    balances: list[tuple[str, Balances]]
-    deposited: int
-    withdrawn: int
-    orders: list[LiveOrder]
-    positions: list[tuple[str, str, Position]]
-    markets: list[tuple[str, bool, bool, int, BookState]]
-    deliveries: list[Delivery]
-    capacity: list[tuple[str, str, int]]
-    sold: list[tuple[str, str, int, int]]
-    open_sells: list[tuple[str, str, int]]
-    deposits_seen: list[int]
-    withdrawals_seen: list[int]
-    fixes: list[tuple[str, int, int]]
-
+from engine.risk import fee, net_exposure
 
 _BOOK_REASONS = {reason.value: Reason(reason.name.lower()) for reason in RejectReason}
 
@@ -935,20 +838,3 @@ Exchange._handlers = {
     ClearingCut: Exchange._clearing_cut,
     Timer: Exchange._timer,
 }
-
-_state_encoder = msgspec.msgpack.Encoder()
-
-
-def encode_state(state: ExchangeState) -> bytes:
-    """The snapshot bytes of a state (msgpack)."""
-    return _state_encoder.encode(state)
-
-
-def state_digest(encoded: bytes) -> str:
-    """The state hash of `encode_state` bytes."""
-    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
-
-
-def decode_state(data: bytes) -> ExchangeState:
-    """A state from `encode_state` bytes."""
-    return msgspec.msgpack.decode(data, type=ExchangeState)

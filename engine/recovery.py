@@ -14,9 +14,11 @@ from pathlib import Path
 import msgspec
 
 from engine.cython_book import CythonBook
-from engine.exchange import BookFactory, Exchange, decode_state, encode_state, state_digest
+from engine.exchange import Exchange
+from engine.exchange_state import decode_state, encode_state, state_digest
 from engine.instruments import Instrument
 from engine.journal import FileJournal, FsyncPolicy, read_records
+from engine.market import BookFactory
 from engine.sequencer import decode_sequenced
 from engine.snapshots import Snapshot, SnapshotStore
 

@@ -15,7 +15,8 @@ import msgspec
 
 from engine.commands import ExchangeCommand, Sequenced
 from engine.events import ExchangeEvent
-from engine.exchange import Exchange, encode_state, state_digest
+from engine.exchange import Exchange
+from engine.exchange_state import encode_state, state_digest
 from engine.journal import Journal
 from engine.snapshots import SnapshotStore
 

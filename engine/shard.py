@@ -26,7 +26,8 @@ import msgspec
 import redis
 
 from engine.commands import ExchangeCommand
-from engine.exchange import Exchange, encode_state, state_digest
+from engine.exchange import Exchange
+from engine.exchange_state import encode_state, state_digest
 from engine.instruments import Instrument
 from engine.recovery import RecoveryError, restore_snapshot
 from engine.redis_journal import RedisStreamJournal

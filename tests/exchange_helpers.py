@@ -30,9 +30,10 @@ from engine.commands import (
 )
 from engine.cython_book import CythonBook
 from engine.events import ExchangeEvent, OrderAccepted
-from engine.exchange import BookFactory, Exchange
+from engine.exchange import Exchange
 from engine.instruments import Instrument, Registry
 from engine.ledger import Balances
+from engine.market import BookFactory
 from engine.messages import Side
 from engine.positions import Position
 

@@ -23,8 +23,10 @@ from hypothesis import strategies as st
 from engine.commands import ClearingCut, Sequenced, Timer
 from engine.cython_book import CythonBook
 from engine.events import ExchangeEvent, Trade, VariationMargin
-from engine.exchange import BookFactory, Exchange, decode_state, encode_state
+from engine.exchange import Exchange
+from engine.exchange_state import decode_state, encode_state
 from engine.ledger import FEE_ACCOUNT, SYSTEM_ACCOUNTS
+from engine.market import BookFactory
 from engine.messages import Side
 from engine.reference_book import ReferenceBook
 from tests.property.exchange_strategies import INSTRUMENTS, Stream, stamp, streams

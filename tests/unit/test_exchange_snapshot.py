@@ -15,8 +15,10 @@ import pytest
 from engine.commands import CreditDeposit, Sequenced
 from engine.cython_book import CythonBook
 from engine.events import DeliverySettled, FinalSettlement, OrderTriggered, Trade
-from engine.exchange import BookFactory, Exchange, decode_state, encode_state
+from engine.exchange import Exchange
+from engine.exchange_state import decode_state, encode_state
 from engine.ledger import INSURANCE_FUND
+from engine.market import BookFactory
 from engine.messages import OrderType, TimeInForce
 from engine.reference_book import ReferenceBook
 from tests.exchange_helpers import (

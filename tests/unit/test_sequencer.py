@@ -11,7 +11,8 @@ import msgspec
 import pytest
 
 from engine.commands import CreditDeposit, PlaceOrder, Timer
-from engine.exchange import Exchange, decode_state
+from engine.exchange import Exchange
+from engine.exchange_state import decode_state
 from engine.instruments import Instrument, Registry
 from engine.journal import FileJournal, FsyncPolicy
 from engine.messages import Side
