@@ -14,9 +14,10 @@ from typing import Any
 import msgspec
 
 from engine import stdio
-from engine.instruments import InstrumentError, Registry, utc_today
+from engine.instruments import InstrumentError, utc_today
 from engine.journal import FsyncPolicy, JournalError
 from engine.recovery import RecoveryError, open_data_dir, verify_data_dir
+from engine.registry import Registry
 from engine.sequencer import Sequencer
 from engine.shard import ShardMap, serve_shard
 from engine.snapshots import SnapshotCorrupt

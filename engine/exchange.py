@@ -254,7 +254,7 @@ class Exchange:
             sells = position.open_sells + (cmd.qty if cmd.side == Side.SELL else 0)
             required = market.initial_margin(net_exposure(position.qty, buys, sells))
             more = required - position.held_orders - position.held_position
-            if more <= 0 and self.free_collateral(cmd.account) < 0:
+            if more <= 0 and self.ledger.balances(cmd.account).available < 0:
                 return None  # a margin-called account may always reduce its risk
             need += max(0, more)
         if need > self.free_collateral(cmd.account):
@@ -321,8 +321,10 @@ class Exchange:
                 need += more_margin
             if need > 0:
                 free = self.free_collateral(order.account)
-                # a margin-called account may always make changes that add no margin
-                exempt = not market.spot and more_margin <= 0 and free < 0
+                # a margin-called account (available below zero after a clearing cut) may
+                # always make changes that add no margin
+                exempt = not market.spot and more_margin <= 0 and \
+                    self.ledger.balances(order.account).available < 0
                 if need > free and not exempt:
                     reason = Reason.INSUFFICIENT_FUNDS if market.spot \
                         else Reason.INSUFFICIENT_MARGIN

@@ -19,9 +19,10 @@ import msgspec
 from cython_ext.book import MatchingCore
 from engine.book import state_hash
 from engine.cython_book import CythonBook
-from engine.instruments import InstrumentError, Registry, utc_today
+from engine.instruments import InstrumentError, utc_today
 from engine.messages import Amend, Cancel, Command, ExpireOrders, NewOrder
 from engine.reference_book import ReferenceBook
+from engine.registry import Registry
 from engine.wire import COMMAND_WORDS, pack_commands
 from loadtest.workload import generate
 

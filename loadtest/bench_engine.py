@@ -30,10 +30,11 @@ from engine.commands import (
 )
 from engine.events import CommandRejected, OrderRejected
 from engine.exchange import Exchange
-from engine.instruments import Instrument, InstrumentError, Registry
+from engine.instruments import Instrument, InstrumentError
 from engine.journal import FsyncPolicy, read_records
 from engine.messages import Amend, Cancel, NewOrder
 from engine.recovery import journal_path, open_data_dir, snapshot_store
+from engine.registry import Registry
 from engine.sequencer import Released, Sequencer, decode_sequenced
 from loadtest.workload import generate
 

@@ -31,11 +31,12 @@ from engine.commands import (
 from engine.cython_book import CythonBook
 from engine.events import ExchangeEvent, OrderAccepted
 from engine.exchange import Exchange
-from engine.instruments import Instrument, Registry
+from engine.instruments import Instrument
 from engine.ledger import Balances
 from engine.market import BookFactory
 from engine.messages import Side
 from engine.positions import Position
+from engine.registry import Registry
 
 LISTING_DATE = date(2026, 11, 30)
 REGISTRY = Registry.load(listing_date=LISTING_DATE)

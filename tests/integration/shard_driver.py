@@ -28,9 +28,10 @@ import redis
 
 from engine.commands import ExchangeCommand, Sequenced
 from engine.exchange import Exchange
-from engine.instruments import Instrument, Registry
+from engine.instruments import Instrument
 from engine.recovery import restore_snapshot
 from engine.redis_journal import RedisStreamJournal
+from engine.registry import Registry
 from engine.sequencer import Released, decode_sequenced
 from engine.shard import Shard, decode_released, stream_names
 from engine.snapshots import SnapshotStore

@@ -29,7 +29,6 @@ from engine.commands import (
     Timer,
 )
 from engine.exchange import Exchange
-from engine.instruments import Registry
 from engine.journal import HEADER_SIZE, scan
 from engine.recovery import (
     journal_path,
@@ -38,6 +37,7 @@ from engine.recovery import (
     snapshot_store,
     verify_data_dir,
 )
+from engine.registry import Registry
 from engine.sequencer import Released
 from engine.stdio import encode_command
 from loadtest.bench_engine import ACCOUNTS, account, engine_stream

@@ -14,8 +14,8 @@ from engine.instruments import (
     Instrument,
     InstrumentError,
     InstrumentErrorCode,
-    Registry,
 )
+from engine.registry import Registry
 
 REGISTRY = Registry.load(listing_date=date(2026, 12, 15))
 instruments = st.sampled_from(list(REGISTRY))

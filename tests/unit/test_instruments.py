@@ -18,7 +18,6 @@ from engine.instruments import (
     InstrumentErrorCode,
     InstrumentKind,
     LastTradeRule,
-    Registry,
     Settlement,
     future_symbol,
     hours_in_month,
@@ -26,6 +25,7 @@ from engine.instruments import (
     parse_symbol,
     spot_symbol,
 )
+from engine.registry import Registry
 
 LISTING_DATE = date(2026, 12, 15)
 DATA_FILE = Path(__file__).parents[2] / "engine" / "data" / "instruments.toml"

@@ -13,7 +13,7 @@ import pytest
 from engine.commands import CreditDeposit, PlaceOrder, Timer
 from engine.exchange import Exchange
 from engine.exchange_state import decode_state
-from engine.instruments import Instrument, Registry
+from engine.instruments import Instrument
 from engine.journal import FileJournal, FsyncPolicy
 from engine.messages import Side
 from engine.recovery import (
@@ -23,6 +23,7 @@ from engine.recovery import (
     snapshot_store,
     verify_data_dir,
 )
+from engine.registry import Registry
 from engine.sequencer import Sequencer, decode_sequenced
 from engine.stdio import (
     RequestError,
