@@ -6,6 +6,8 @@ conversions; this adapter is what the engine and the tests use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cython_ext.book import MatchingCore
 from engine.book import BookState
 from engine.messages import Amend, Cancel, Command, Event, MassCancel, NewOrder, Side
@@ -35,23 +37,9 @@ class CythonBook:
 
     def apply(self, command: Command) -> list[Event]:
         """Process one sequenced command; return its events in order."""
-        core = self.core
-        if isinstance(command, Amend):
-            core.amend(command.ts, command.order_id, command.account, command.price,
-                       command.qty)
-        elif isinstance(command, NewOrder):
-            core.new_order(command.ts, command.order_id, command.account, command.side,
-                           command.price, command.qty, command.order_type, command.tif,
-                           command.post_only, command.display_qty, command.stop_price,
-                           command.expire_ts, command.stp)
-        elif isinstance(command, Cancel):
-            core.cancel(command.ts, command.order_id, command.account)
-        elif isinstance(command, MassCancel):
-            core.mass_cancel(command.ts, command.account,
-                             -1 if command.side is None else command.side)
-        else:
-            core.expire_orders(command.ts)
-        return [decode_event(words) for words in core.events()]
+        method, args = core_call(self.core, command)
+        method(*args)
+        return [decode_event(words) for words in self.core.events()]
 
     def best_bid(self) -> int | None:
         """Highest bid price, or None."""
@@ -83,3 +71,24 @@ class CythonBook:
         for stop in state.stops:
             self.core.restore_stop(*stop)
         self.core.restore_trading(state.last_price, state.next_trade_id)
+
+
+CoreCall = tuple[Callable[..., int], tuple[int, ...]]
+
+
+def core_call(core: MatchingCore, command: Command) -> CoreCall:
+    """The core's method for ``command`` and its arguments: one Python call runs it."""
+    if isinstance(command, Amend):
+        return core.amend, (command.ts, command.order_id, command.account, command.price,
+                            command.qty)
+    if isinstance(command, NewOrder):
+        return core.new_order, (command.ts, command.order_id, command.account, command.side,
+                                command.price, command.qty, command.order_type, command.tif,
+                                command.post_only, command.display_qty, command.stop_price,
+                                command.expire_ts, command.stp)
+    if isinstance(command, Cancel):
+        return core.cancel, (command.ts, command.order_id, command.account)
+    if isinstance(command, MassCancel):
+        return core.mass_cancel, (command.ts, command.account,
+                                  -1 if command.side is None else command.side)
+    return core.expire_orders, (command.ts,)

@@ -18,15 +18,13 @@ import msgspec
 
 from cython_ext.book import MatchingCore
 from engine.book import state_hash
-from engine.cython_book import CythonBook
+from engine.cython_book import CoreCall, CythonBook, core_call
 from engine.instruments import InstrumentError, utc_today
-from engine.messages import Amend, Cancel, Command, ExpireOrders, NewOrder
+from engine.messages import Command, ExpireOrders
 from engine.reference_book import ReferenceBook
 from engine.registry import Registry
 from engine.wire import COMMAND_WORDS, pack_commands
 from loadtest.workload import generate
-
-Call = tuple[Callable[..., int], tuple[int, ...]]
 
 
 class CoreBenchResult(msgspec.Struct):
@@ -61,19 +59,9 @@ class CoreBenchResult(msgspec.Struct):
     state_hash_equal: bool
 
 
-def _calls(core: MatchingCore, commands: Sequence[Command]) -> list[Call]:
+def _calls(core: MatchingCore, commands: Sequence[Command]) -> list[CoreCall]:
     """Each command as a bound core method and its arguments: one Python call each."""
-    calls: list[Call] = []
-    for cmd in commands:
-        if isinstance(cmd, Amend):
-            calls.append((core.amend, (cmd.ts, cmd.order_id, cmd.account, cmd.price, cmd.qty)))
-        elif isinstance(cmd, NewOrder):
-            calls.append((core.new_order, (cmd.ts, cmd.order_id, cmd.account, cmd.side,
-                                           cmd.price, cmd.qty, cmd.order_type, cmd.tif)))
-        else:
-            assert isinstance(cmd, Cancel)
-            calls.append((core.cancel, (cmd.ts, cmd.order_id, cmd.account)))
-    return calls
+    return [core_call(core, cmd) for cmd in commands]
 
 
 def _timed(run: Callable[[], Any]) -> float:
@@ -126,7 +114,7 @@ def run_core_bench(
         book = CythonBook(min_price, max_price)
         calls = _calls(book.core, commands)
 
-        def per_command(calls: list[Call] = calls) -> None:
+        def per_command(calls: list[CoreCall] = calls) -> None:
             for fn, args in calls:
                 fn(*args)
 

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 
 from cython_ext.book import EVENT_KINDS, MatchingCore
+from engine.cython_book import core_call
 from engine.messages import Amend, Cancel, Command, NewOrder, Side, TimeInForce
 
 _FILL = EVENT_KINDS["fill"]
@@ -89,14 +90,8 @@ def generate(
 
     def run(cmd: Command) -> None:
         commands.append(cmd)
-        if isinstance(cmd, NewOrder):
-            book.new_order(cmd.ts, cmd.order_id, cmd.account, cmd.side, cmd.price, cmd.qty,
-                           cmd.order_type, cmd.tif)
-        elif isinstance(cmd, Amend):
-            book.amend(cmd.ts, cmd.order_id, cmd.account, cmd.price, cmd.qty)
-        else:
-            assert isinstance(cmd, Cancel)
-            book.cancel(cmd.ts, cmd.order_id, cmd.account)
+        method, args = core_call(book, cmd)
+        method(*args)
         taker_left = cmd.qty if isinstance(cmd, NewOrder | Amend) else 0
         for words in book.events():
             if words[0] == _FILL:
