@@ -269,13 +269,16 @@ class Exchange:
         return committed + qty > self.capacity.get((account, underlying), 0)
 
     def free_collateral(self, account: str) -> int:
-        """What the account may commit now: available, less futures losses not yet settled."""
+        """What the account may commit now: available, less futures losses not yet settled.
+
+        Each instrument's loss counts on its own: a gain not yet settled in one future does
+        not offset a loss in another until a clearing cut has paid it.
+        """
         found = self.ledger.accounts.get(account)
         free = found.available if found is not None else 0
-        unsettled = 0
         for market in self._futures_held.get(account, ()):
-            unsettled += market.positions[account].unsettled(market.mark) * market.tick_value
-        return free + min(0, unsettled)
+            free += min(0, market.positions[account].unsettled(market.mark) * market.tick_value)
+        return free
 
     def _cancel(self, cmd: CancelOrder) -> None:
         order = self.orders.get(cmd.order_id)

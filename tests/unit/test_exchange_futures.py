@@ -288,6 +288,17 @@ def test_free_collateral_counts_losses_not_yet_settled() -> None:
     assert desk.ex.free_collateral(ALICE) == 0
 
 
+def test_a_gain_in_one_future_does_not_free_a_loss_in_another() -> None:
+    desk = funded(BOB)
+    desk.deposit(ALICE, 2_000_000_000)
+    trade(desk, ALICE, BOB, 1, 600)  # December: 100 ticks over its mark of 500
+    trade(desk, ALICE, BOB, 1, 400, symbol=GPU_FUT_NEXT)  # January: 100 ticks under it
+    tick_value_next = instrument(GPU_FUT_NEXT).micro_usdc_per_tick_lot
+    assert desk.ex.free_collateral(ALICE) == \
+        desk.balances(ALICE).available - 100 * 1 * TV  # the January gain frees nothing
+    assert tick_value_next == 744 * 5_000  # January has 744 hours, like December
+
+
 def breach(desk: Desk, buffer: int) -> None:
     """Alice goes long 2 at 500 with ``buffer`` to spare; Carol quotes 440 / 460 around it."""
     desk.deposit(ALICE, taker_fee(500, 2) + initial_margin(2, 500) + buffer)
