@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
+from engine.instruments import Instrument
 from engine.messages import Int64, OrderType, SelfTradePrevention, Side, TimeInForce
 
 
@@ -106,6 +107,14 @@ class SettleDelivery(msgspec.Struct, frozen=True, tag="settle_delivery"):
     required: Int64
 
 
+class ListInstrument(msgspec.Struct, frozen=True, tag="list_instrument"):
+    """Admin: open a market for a new instrument (e.g. the next futures month, as
+    `engine.registry.Registry.list_month` makes it). The spec travels in the command, so a
+    replay lists exactly the same instrument."""
+
+    instrument: Instrument
+
+
 class Timer(msgspec.Struct, frozen=True, tag="timer"):
     """Let time pass: expire GTD orders, halt and settle futures, close delivery windows."""
 
@@ -120,6 +129,7 @@ ExchangeCommand = (
     | SetCapacity
     | IndexFix
     | SettleDelivery
+    | ListInstrument
     | ClearingCut
     | Timer
 )

@@ -39,6 +39,7 @@ class Reason(StrEnum):
     DUPLICATE_WITHDRAWAL = "duplicate_withdrawal"
     UNKNOWN_DELIVERY = "unknown_delivery"
     DELIVERY_NOT_DUE = "delivery_not_due"
+    ALREADY_LISTED = "already_listed"
     # cancellations (engine.messages.CancelReason) and the exchange's own
     USER = "user"
     IOC_REMAINDER = "ioc_remainder"
@@ -257,6 +258,13 @@ class InsuranceCover(msgspec.Struct, frozen=True, tag="insurance_cover"):
     fund_balance: int
 
 
+class InstrumentListed(msgspec.Struct, frozen=True, tag="instrument_listed"):
+    """A new instrument's market is open."""
+
+    symbol: str
+    instrument_id: int
+
+
 class InstrumentHalted(msgspec.Struct, frozen=True, tag="instrument_halted"):
     """A future passed its last trade time: resting orders are cancelled, no new ones."""
 
@@ -297,6 +305,7 @@ ExchangeEvent = (
     | VariationMargin
     | Liquidation
     | InsuranceCover
+    | InstrumentListed
     | InstrumentHalted
     | FinalSettlement
     | ClearingCompleted

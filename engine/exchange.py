@@ -26,6 +26,8 @@ Choices the design left open, written down:
   rests) and settles at the first `Timer` after its delivery month that finds a fix for
   every day of that month, at their mean rounded to its tick; until then it waits (an
   oracle may send a missed day's fix late).
+* New instruments, such as the next futures month, are listed by a `ListInstrument` command
+  that carries the whole spec (`Registry.list_month` makes it), so a replay lists the same.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from engine.commands import (
     ClearingCut,
     CreditDeposit,
     IndexFix,
+    ListInstrument,
     PlaceOrder,
     RequestWithdrawal,
     Sequenced,
@@ -66,6 +69,7 @@ from engine.events import (
     FinalSettlement,
     IndexFixed,
     InstrumentHalted,
+    InstrumentListed,
     InsuranceCover,
     Liquidation,
     MarkPrice,
@@ -122,6 +126,7 @@ class Exchange:
             self.markets[instrument.symbol] = Market(instrument, book_factory)
         self._market_order = sorted(self.markets)
         self.underlyings = {m.instrument.underlying for m in self.markets.values()}
+        self._instrument_ids = {m.instrument.instrument_id for m in self.markets.values()}
         self.ledger = Ledger()
         self.orders: dict[int, LiveOrder] = {}
         self.account_ids: dict[str, int] = {}
@@ -590,6 +595,18 @@ class Exchange:
         self.fixes[(cmd.underlying, cmd.day)] = cmd.price
         self._events.append(IndexFixed(cmd.underlying, cmd.day, cmd.price))
 
+    def _list_instrument(self, cmd: ListInstrument) -> None:
+        spec = cmd.instrument
+        if spec.symbol in self.markets or spec.instrument_id in self._instrument_ids:
+            self._events.append(CommandRejected("list_instrument", "", spec.instrument_id,
+                                                Reason.ALREADY_LISTED))
+            return
+        self.markets[spec.symbol] = Market(spec, self._book_factory)
+        self._market_order = sorted(self.markets)
+        self.underlyings.add(spec.underlying)
+        self._instrument_ids.add(spec.instrument_id)
+        self._events.append(InstrumentListed(spec.symbol, spec.instrument_id))
+
     # --- time -----------------------------------------------------------------------------
 
     def _timer(self, timer: Timer) -> None:
@@ -840,6 +857,7 @@ Exchange._handlers = {
     SetCapacity: Exchange._set_capacity,
     IndexFix: Exchange._index_fix,
     SettleDelivery: Exchange._settle_delivery,
+    ListInstrument: Exchange._list_instrument,
     ClearingCut: Exchange._clearing_cut,
     Timer: Exchange._timer,
 }

@@ -9,17 +9,19 @@ a GPU tick (0.005 USDC per GPU-hour) is 5 000, a rack-load tick (0.10 USDC per k
 
 from __future__ import annotations
 
+from datetime import date
 from fractions import Fraction
 from math import floor
 
 import pytest
 
-from engine.commands import IndexFix
+from engine.commands import IndexFix, ListInstrument
 from engine.events import (
     CommandRejected,
     FinalSettlement,
     IndexFixed,
     InstrumentHalted,
+    InstrumentListed,
     InsuranceCover,
     Liquidation,
     MarkPrice,
@@ -31,8 +33,11 @@ from engine.events import (
     Trade,
     VariationMargin,
 )
+from engine.exchange import Exchange
+from engine.exchange_state import decode_state, encode_state
 from engine.ledger import INSURANCE_FUND, Balances
 from engine.messages import OrderType, TimeInForce
+from engine.registry import Registry
 from tests.exchange_helpers import (
     ALICE,
     BOB,
@@ -339,3 +344,24 @@ def test_gtd_orders_expire_on_a_timer_after_their_expiry() -> None:
     ]
     assert desk.balances(ALICE) == Balances(available=RICH)
     assert desk.ex.orders == {}
+
+
+# --- listing ----------------------------------------------------------------------------------
+
+
+def test_a_new_month_is_listed_by_command_and_survives_a_restore() -> None:
+    registry = Registry.load(listing_date=date(2026, 11, 30))
+    spec = registry.list_month("GPU.H100", 2027, 12)  # one past the 12 listed months
+    desk = funded(ALICE, BOB)
+    assert spec.symbol not in desk.ex.markets
+    assert desk.apply(ListInstrument(spec)) == [
+        InstrumentListed("GPU.H100.F2712", spec.instrument_id)]
+    assert desk.apply(ListInstrument(spec)) == [
+        CommandRejected("list_instrument", "", spec.instrument_id, Reason.ALREADY_LISTED)]
+    long_two(desk, 500, spec.symbol)
+    assert desk.position(ALICE, spec.symbol).qty == 2
+    refused = one(desk.place(CAROL, spec.symbol, BUY, 1, 500), OrderRejected)
+    assert refused.reason == Reason.INSUFFICIENT_MARGIN  # risk applies there as anywhere
+    restored = Exchange.restore(decode_state(encode_state(desk.ex.state())))
+    assert restored.state_hash() == desk.ex.state_hash()
+    assert spec.symbol in restored.markets
