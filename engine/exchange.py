@@ -688,6 +688,8 @@ class Exchange:
                                             split.seller_paid, split.seller_fee,
                                             split.buyer_refund, split.buyer_compensation,
                                             split.bond_released))
+        if self._equity(seller) < 0:  # a bond the insurance fund counted on is gone
+            self._cover_shortfalls((seller,))
 
     # --- clearing -------------------------------------------------------------------------
 
@@ -765,8 +767,15 @@ class Exchange:
                                     client_order_id="liquidation"), market)
 
     def _cover_shortfalls(self, accounts: Iterable[str]) -> None:
+        """Top up accounts whose equity is below zero from the insurance fund.
+
+        A seller's bonds in escrow come back to it when their windows close, so they count
+        first: the fund pays only what they cannot, and pays the rest later if a delivery
+        falls short (`_close_delivery` looks again).
+        """
         for account in accounts:
-            shortfall = -self._equity(account)
+            bonds = sum(d.bond for d in self.deliveries.values() if d.seller == account)
+            shortfall = -(self._equity(account) + bonds)
             if shortfall > 0:
                 self.ledger.transfer(INSURANCE_FUND, "available", account, "available",
                                      shortfall)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from engine.commands import CreditDeposit
+from engine.commands import CreditDeposit, SettleDelivery
 from engine.events import (
     ClearingCompleted,
     CommandRejected,
@@ -393,6 +393,33 @@ def test_negative_equity_is_topped_up_by_the_insurance_fund(fund: int) -> None:
         InsuranceCover(ALICE, shortfall, fund - shortfall)
     assert desk.balances(ALICE) == Balances()
     assert desk.balances(INSURANCE_FUND) == Balances(available=fund - shortfall)
+
+
+@pytest.mark.parametrize("delivered", [4, 0])
+def test_the_fund_counts_a_sellers_bonds_before_paying(delivered: int) -> None:
+    desk = funded(BOB, CAROL)
+    desk.capacity(ALICE, "GPU.H100", 4)
+    spot_tv = instrument(GPU_SPOT).micro_usdc_per_tick_lot
+    bond = 2500 * 4 * spot_tv // 4
+    desk.deposit(ALICE, bond + taker_fee(600, 2) + initial_margin(2, 500))
+    desk.rest(ALICE, GPU_SPOT, SELL, 4, 2500)
+    desk.place(CAROL, GPU_SPOT, BUY, 4, 2500)  # Alice's bond goes to escrow for a delivery
+    trade(desk, ALICE, BOB, 2, 600)
+    desk.rest(CAROL, GPU_FUT, BUY, 2, 400)
+    desk.rest(CAROL, GPU_FUT, SELL, 1, 401)
+    events = desk.cut()
+    shortfall = 745_488_000  # as in the test above, futures alone
+    assert one(events, InsuranceCover).amount == shortfall - bond  # the bond comes back
+    assert desk.balances(ALICE).available == -bond
+    desk.at(desk.ex.deliveries[1].window_end)
+    events = desk.apply(SettleDelivery(1, delivered, 4))
+    premium = 2500 * 4 * spot_tv
+    if delivered:  # the bond and the premium came: the debt is paid, nothing more to cover
+        assert of_type(events, InsuranceCover) == []
+        assert desk.balances(ALICE) == Balances(available=premium)  # a maker: no seller fee
+    else:  # the bond went to the buyer: the fund pays what it had counted on
+        assert one(events, InsuranceCover).amount == bond
+        assert desk.balances(ALICE) == Balances()
 
 
 def test_a_liquidation_does_not_relabel_other_accounts_expired_orders() -> None:
