@@ -200,8 +200,7 @@ cdef class MatchingCore:
     cdef int64_t map_count
     cdef int map_shift
     # pending stops in entry order
-    cdef int32_t stop_head
-    cdef int32_t stop_tail
+    cdef Level stops  # the same intrusive list a price level keeps (qty unused)
     # min-heap of (expire_ts, order_id) for GTD orders, stale entries skipped lazily
     cdef int64_t* heap_ts
     cdef int64_t* heap_id
@@ -249,8 +248,9 @@ cdef class MatchingCore:
         self.map_keys = <int64_t*>calloc(self.map_mask + 1, sizeof(int64_t))
         self.map_vals = <int32_t*>malloc((self.map_mask + 1) * sizeof(int32_t))
         self.map_count = 0
-        self.stop_head = -1
-        self.stop_tail = -1
+        self.stops.head = -1
+        self.stops.tail = -1
+        self.stops.qty = 0
         self.heap_cap = 64
         self.heap_n = 0
         self.heap_ts = <int64_t*>malloc(self.heap_cap * sizeof(int64_t))
@@ -578,7 +578,7 @@ cdef class MatchingCore:
         cdef Order* o = &self.pool[s]
         self.emit(EV_CANCELLED, o.order_id, o.account, reason, o.remaining, 0, 0, 0, 0, 0, 0)
         if o.slot == SLOT_STOP:
-            self.stop_unlink(s)
+            self.queue_unlink(&self.stops, s)
         else:
             self.unlink_resting(s)
         self.retire(s)
@@ -752,37 +752,14 @@ cdef class MatchingCore:
             return self.last_price >= o.stop_price
         return self.last_price <= o.stop_price
 
-    cdef void stop_append(self, int32_t s) noexcept:
-        cdef Order* pool = self.pool
-        pool[s].next = -1
-        pool[s].prev = self.stop_tail
-        if self.stop_tail >= 0:
-            pool[self.stop_tail].next = s
-        else:
-            self.stop_head = s
-        self.stop_tail = s
-
-    cdef void stop_unlink(self, int32_t s) noexcept:
-        cdef Order* pool = self.pool
-        cdef int32_t p = pool[s].prev
-        cdef int32_t n = pool[s].next
-        if p >= 0:
-            pool[p].next = n
-        else:
-            self.stop_head = n
-        if n >= 0:
-            pool[n].prev = p
-        else:
-            self.stop_tail = p
-
     cdef int trigger_stops(self) except -1:
         cdef int32_t s
         while self.traded:
             self.traded = False
-            s = self.stop_head
+            s = self.stops.head
             while s >= 0:
                 if self.stop_reached(s):
-                    self.stop_unlink(s)
+                    self.queue_unlink(&self.stops, s)
                     self.pool[s].slot = SLOT_INFLIGHT
                     self.emit(EV_TRIGGERED, self.pool[s].order_id, self.pool[s].account,
                               self.pool[s].stop_price, 0, 0, 0, 0, 0, 0, 0)
@@ -863,7 +840,7 @@ cdef class MatchingCore:
         if o.order_type == T_STOP_LIMIT or o.order_type == T_STOP_MARKET:
             if not self.stop_reached(s):
                 o.slot = SLOT_STOP
-                self.stop_append(s)
+                self.queue_push(&self.stops, s)
                 self.map_put(o.order_id, s)
                 o.in_map = 1
                 if o.tif == GTD:
@@ -1141,7 +1118,7 @@ cdef class MatchingCore:
         o.stp = <int>stp
         o.post_only = 0
         o.slot = SLOT_STOP
-        self.stop_append(s)
+        self.queue_push(&self.stops, s)
         self.map_put(order_id, s)
         o.in_map = 1
         if o.tif == GTD:
@@ -1204,7 +1181,7 @@ cdef class MatchingCore:
     def pending_stops(self) -> list:
         """Pending stops in entry order: (order_id, account, side, order_type, price,
         stop_price, qty, tif, expire_ts, stp)."""
-        cdef int32_t s = self.stop_head
+        cdef int32_t s = self.stops.head
         cdef Order* o
         out = []
         while s >= 0:
