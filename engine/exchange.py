@@ -412,7 +412,8 @@ class Exchange:
     def _on_accepted(self, market: Market, event: Accepted) -> None:
         cmd = self._placing[event.order_id]
         limit = self._lock_price.get(event.order_id) or self._limit(cmd, market)
-        order = LiveOrder(event.order_id, cmd.account, market.symbol, cmd.side, limit, 0, 0)
+        order = LiveOrder(event.order_id, cmd.account, market.symbol, cmd.side, limit, 0, 0,
+                          cmd)
         self.orders[event.order_id] = order
         self._resize(market, order, cmd.qty, release=False)
         self._events.append(OrderAccepted(event.order_id, cmd.account, market.symbol,
@@ -455,6 +456,8 @@ class Exchange:
         spec = market.instrument
         maker = self.orders[fill.maker_order_id]
         taker = self.orders[fill.taker_order_id]
+        maker.filled += fill.qty
+        taker.filled += fill.qty
         notional = fill.price * fill.qty * market.tick_value
         maker_fee_bp, taker_fee_bp = spec.maker_fee_bp, spec.taker_fee_bp
         maker_account, taker_account = maker.account, taker.account

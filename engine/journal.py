@@ -227,6 +227,9 @@ class FileJournal:
         self._durable_seq = extent.last_seq
         self._commit_due_ns = clock() + self._window_ns
         self._syncer: threading.Thread | None = None
+        self.on_durable: Callable[[int], None] | None = None
+        """Called on the fsync thread with the new ``durable_seq`` after each background commit
+        (an asyncio server hands it to its loop with ``call_soon_threadsafe``)."""
         if background_fsync and self.policy is FsyncPolicy.GROUP:
             # Group commits fsync on a thread of their own (fsync releases the GIL), so
             # appends go on while the disk works; ``sync`` still fsyncs in the caller.
@@ -279,6 +282,22 @@ class FileJournal:
             self._commit()
         return self._durable_seq
 
+    def commit_soon(self) -> bool:
+        """Commit everything appended now without waiting for the group window.
+
+        With a background fsync thread the commit runs there and ``on_durable`` reports it;
+        returns False then. Otherwise commits here and returns True. Calling this whenever the
+        caller runs out of input gives group commit with no timer: appends made while one
+        fsync runs all go in the next.
+        """
+        if self._durable_seq == self._last_seq:
+            return True
+        if self._syncer is not None:
+            self._commit_in_background()
+            return False
+        self._commit()
+        return True
+
     def read(self, from_seq: int = 1) -> Iterator[tuple[int, bytes]]:
         """The records with seq >= ``from_seq`` appended up to this call, in order."""
         self._file.flush()
@@ -316,6 +335,9 @@ class FileJournal:
             with self._wake:
                 self._synced = target
                 self._durable_seq = max(self._durable_seq, target)
+            on_durable = self.on_durable
+            if on_durable is not None:
+                on_durable(self._durable_seq)
 
     def _commit_in_background(self) -> None:
         try:

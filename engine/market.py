@@ -8,6 +8,7 @@ from collections.abc import Callable
 import msgspec
 
 from engine.book import OrderBook
+from engine.commands import PlaceOrder
 from engine.instruments import Instrument, InstrumentKind
 from engine.messages import Side
 from engine.positions import Position
@@ -27,6 +28,8 @@ class LiveOrder(msgspec.Struct, array_like=True):
     limit: int  # the price its lock is computed on
     remaining: int
     lock: int  # micro-USDC in the account's reserved bucket for this order
+    placed: PlaceOrder | None = None  # the command that entered it (for order status views)
+    filled: int = 0  # lots traded so far
 
 
 class Market:

@@ -17,7 +17,7 @@ from engine.cython_book import CythonBook
 from engine.exchange import Exchange
 from engine.exchange_state import decode_state, encode_state, state_digest
 from engine.instruments import Instrument
-from engine.journal import FileJournal, FsyncPolicy, read_records
+from engine.journal import FileJournal, FsyncPolicy, Journal, read_records
 from engine.market import BookFactory
 from engine.sequencer import decode_sequenced
 from engine.snapshots import Snapshot, SnapshotStore
@@ -79,20 +79,22 @@ def open_data_dir(
     journal = FileJournal(journal_path(data_dir), policy, group_commit_ms=group_commit_ms,
                           background_fsync=True)
     try:
-        exchange = _recover(data_dir, journal, store, instruments, book_factory)
+        exchange = recover(data_dir, journal, store, instruments, book_factory)
     except BaseException:
         journal.close()
         raise
     return exchange, journal, store
 
 
-def _recover(
+def recover(
     data_dir: Path,
-    journal: FileJournal,
+    journal: Journal,
     store: SnapshotStore,
     instruments: Callable[[], Iterable[Instrument]],
-    book_factory: BookFactory,
+    book_factory: BookFactory = CythonBook,
 ) -> Exchange:
+    """The exchange of ``data_dir``'s latest snapshot with ``journal`` replayed after it (a new
+    exchange of ``instruments``, and its genesis snapshot, if there is no snapshot yet)."""
     snapshot = store.latest()
     if snapshot is None:
         if journal.last_seq:

@@ -1,0 +1,144 @@
+"""`cmx serve`: the whole exchange in one process on embedded defaults.
+
+The engine recovers from the data directory (latest snapshot + journal), the websocket API and
+the market page listen on one port, and Ctrl-C (or SIGTERM) stops accepting, releases what
+the journal holds, writes a snapshot and closes the journal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from contextlib import suppress
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from engine.instruments import utc_today
+from engine.journal import FsyncPolicy, Journal, JournalError
+from engine.recovery import RecoveryError, open_data_dir, recover, snapshot_store
+from engine.redis_journal import RedisStreamJournal
+from engine.registry import Registry
+from engine.sequencer import Sequencer
+from engine.snapshots import SnapshotCorrupt
+from gateway.hub import Gateway
+from gateway.server import ExchangeServer
+
+log = logging.getLogger("cmx.serve")
+
+DEFAULT_DATA_DIR = Path("cmx-data")
+
+
+def register(commands: Any) -> None:
+    """Add ``serve`` to the `cmx` subparsers."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "serve",
+        help="run the exchange: engine, websocket API and market page",
+        description="Runs CMX in one process: the engine with its journal and snapshots in "
+        "DATA_DIR (recovered on restart), the websocket API and the market page on "
+        "http://HOST:PORT/. Ctrl-C shuts down cleanly.",
+    )
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="journal and snapshots (default ./cmx-data, created if missing)")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default "
+                        "127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="listen port (default 8765)")
+    parser.add_argument("--demo", action="store_true",
+                        help="fund the development accounts and run simulated market makers "
+                        "and takers (development only)")
+    parser.add_argument("--redis-url", default=None,
+                        help="journal to a Redis stream at this URL instead of the file "
+                        "journal (snapshots stay in DATA_DIR)")
+    parser.add_argument("--redis-stream", default="cmx:serve:journal",
+                        help="the journal's stream key with --redis-url")
+    parser.add_argument("--fsync", choices=[p.value for p in FsyncPolicy],
+                        default=FsyncPolicy.GROUP.value,
+                        help="file journal fsync policy (default group)")
+    parser.add_argument("--snapshot-every", type=int, default=100_000,
+                        help="write a snapshot every N commands (default 100000)")
+    parser.add_argument("--listing-date", type=date.fromisoformat, default=None,
+                        help="list the instruments of a NEW data directory from this date "
+                        "(default today, UTC)")
+    parser.add_argument("--log-level", default="INFO")
+    parser.set_defaults(handler=_serve)
+
+
+def open_sequencer(data_dir: Path, *, redis_url: str | None = None,
+                   redis_stream: str = "cmx:serve:journal",
+                   fsync: FsyncPolicy = FsyncPolicy.GROUP, snapshot_every: int = 100_000,
+                   listing_date: date | None = None) -> Sequencer:
+    """Recover the exchange of ``data_dir`` and its journal, ready to sequence."""
+    listing = listing_date or utc_today()
+
+    def instruments() -> Registry:
+        return Registry.load(listing_date=listing)
+
+    journal: Journal
+    if redis_url is None:
+        exchange, journal, store = open_data_dir(data_dir, instruments, policy=fsync)
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        journal = RedisStreamJournal(redis.Redis.from_url(redis_url), redis_stream)
+        store = snapshot_store(data_dir)
+        exchange = recover(data_dir, journal, store, instruments)
+    return Sequencer(exchange, journal, snapshots=store, snapshot_every=snapshot_every)
+
+
+async def run(sequencer: Sequencer, host: str, port: int, *, demo: bool,
+              stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set."""
+    gateway = Gateway(sequencer)
+    server = ExchangeServer(gateway, host=host, port=port)
+    await server.start()
+    log.info("CMX listening on http://%s:%d/ (websocket API on the same port), command %d",
+             host, server.port, sequencer.exchange.last_seq)
+    demo_task = None
+    if demo:
+        from gateway.demo import run_demo  # noqa: PLC0415 (only the demo needs it)
+
+        demo_task = asyncio.create_task(run_demo(gateway, server.pump))
+    try:
+        await stop.wait()
+    finally:
+        if demo_task is not None:
+            demo_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await demo_task
+        await server.stop()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sequencer = open_sequencer(args.data_dir, redis_url=args.redis_url,
+                                   redis_stream=args.redis_stream,
+                                   fsync=FsyncPolicy(args.fsync),
+                                   snapshot_every=args.snapshot_every,
+                                   listing_date=args.listing_date)
+    except (RecoveryError, JournalError, SnapshotCorrupt, redis.RedisError) as exc:
+        print(f"cmx serve: {exc}", file=sys.stderr)
+        return 1
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run(sequencer, args.host, args.port, demo=args.demo, stop=stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        print(f"cmx serve: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        sequencer.snapshot()
+        sequencer.journal.close()
+        log.info("stopped at command %d", sequencer.exchange.last_seq)
+    return 0

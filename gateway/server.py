@@ -1,0 +1,191 @@
+"""The asyncio websocket server: a thin layer that moves frames between sockets and sessions.
+
+One port serves both the websocket API (any path, on an Upgrade request) and, over plain HTTP,
+the market page and its assets from ``gateway/static`` plus ``/api/status``. After each burst
+of input the server asks the journal to commit; the sequencer's released events go to
+`Gateway.publish` once the journal reports them durable, so nothing reaches a client before
+its command is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from importlib.resources import files
+from typing import Any
+
+import msgspec
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from engine.journal import FileJournal
+from gateway.hub import Gateway
+from gateway.session import ClientSession
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME = 64 * 1024
+TICK_S = 0.1
+STATIC = files("gateway") / "static"
+
+
+class ExchangeServer:
+    """Runs a `Gateway` behind websockets on ``host``:``port``."""
+
+    def __init__(self, gateway: Gateway, *, host: str = "127.0.0.1", port: int = 8765,
+                 clock: Callable[[], int] = time.time_ns,
+                 status: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.gateway = gateway
+        self.host = host
+        self.port = port
+        self.clock = clock
+        self._status = status
+        self._server: Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pump_due = False
+        self._ticker: asyncio.Task[None] | None = None
+        self.connections: set[ServerConnection] = set()
+
+    async def start(self) -> None:
+        """Listen; ``port`` 0 picks a free one (read it back from ``port``)."""
+        self._loop = asyncio.get_running_loop()
+        journal = self.gateway.sequencer.journal
+        if isinstance(journal, FileJournal):
+            loop = self._loop
+
+            def durable(_seq: int) -> None:
+                loop.call_soon_threadsafe(self._release)
+
+            journal.on_durable = durable
+        self._server = await serve(self._connection, self.host, self.port,
+                                   process_request=self._http, max_size=MAX_FRAME,
+                                   max_queue=64, compression=None, ping_interval=20,
+                                   ping_timeout=20, server_header="CMX")
+        self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else \
+            self.port
+        self._ticker = asyncio.create_task(self._tick_loop())
+
+    async def stop(self) -> None:
+        """Stop accepting, close every connection, and release what is durable."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        journal = self.gateway.sequencer.journal
+        if isinstance(journal, FileJournal):
+            journal.on_durable = None
+        self.gateway.publish(self.gateway.sequencer.sync())
+
+    # --- data path ----------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Commit the journal once the current burst of input is handled."""
+        if not self._pump_due and self._loop is not None:
+            self._pump_due = True
+            self._loop.call_soon(self._commit)
+
+    def _commit(self) -> None:
+        self._pump_due = False
+        journal = self.gateway.sequencer.journal
+        if isinstance(journal, FileJournal):
+            if not journal.commit_soon():
+                return  # on_durable calls _release from the fsync thread's report
+        else:
+            journal.sync()
+        self._release()
+
+    def _release(self) -> None:
+        self.gateway.publish(self.gateway.sequencer.release())
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = self.clock()
+            for session in list(self.gateway.sessions):
+                if isinstance(session, ClientSession):
+                    session.tick(now)
+            self.pump()
+
+    # --- connections --------------------------------------------------------------------------
+
+    async def _connection(self, connection: ServerConnection) -> None:
+        session = ClientSession(self.gateway, self.clock())
+        wake = asyncio.Event()
+        session.wakeup = wake.set
+        wake.set()  # the welcome is already queued
+        writer = asyncio.create_task(self._write(connection, session, wake))
+        self.connections.add(connection)
+        try:
+            async for frame in connection:
+                session.receive(frame, self.clock())
+                self.pump()
+                if session.close_reason is not None:
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self.connections.discard(connection)
+            session.closed()
+            self.pump()
+            if session.close_reason is None:
+                writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _write(self, connection: ServerConnection, session: ClientSession,
+                     wake: asyncio.Event) -> None:
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                for frame in session.drain():
+                    await connection.send(frame)
+                if session.close_reason is not None:
+                    code, reason = session.close_reason
+                    await connection.close(code, reason)
+                    return
+        except ConnectionClosed:
+            return
+
+    # --- HTTP ---------------------------------------------------------------------------------
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        path = request.path.split("?", 1)[0]
+        if path == "/api/status":
+            body = msgspec.json.encode(self.status())
+            return _response(HTTPStatus.OK, "application/json", body)
+        name = "index.html" if path in ("", "/") else path.lstrip("/")
+        if "/" in name or name.startswith(".") or not (STATIC / name).is_file():
+            return _response(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8",
+                             b"not found\n")
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if content_type.startswith("text/") or content_type == "application/javascript":
+            content_type += "; charset=utf-8"
+        return _response(HTTPStatus.OK, content_type, (STATIC / name).read_bytes())
+
+    def status(self) -> dict[str, Any]:
+        """What ``/api/status`` answers."""
+        exchange = self.gateway.exchange
+        status: dict[str, Any] = {
+            "last_seq": exchange.last_seq,
+            "durable_seq": self.gateway.sequencer.journal.durable_seq,
+            "connections": len(self.connections),
+            "instruments": len(exchange.markets),
+        }
+        if self._status is not None:
+            status.update(self._status())
+        return status
+
+
+def _response(status: HTTPStatus, content_type: str, body: bytes) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "no-store"), ("Connection", "close")])
+    return Response(status.value, status.phrase, headers, body)
