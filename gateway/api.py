@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from engine.messages import Int64
+
 RequestId = int | str | None
 ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=36,
                                             pattern=r"^[A-Za-z0-9_.:\-]+$")]
@@ -164,7 +166,7 @@ class Place(Request, frozen=True, tag="place"):
     price: DecimalText | None = None
     stop_price: DecimalText | None = None
     tif: OrderTif = OrderTif.GTC
-    expire_ts: int = 0
+    expire_ts: Int64 = 0
     """For GTD: expiry in nanoseconds since the epoch."""
     post_only: bool = False
     display_qty: DecimalText | None = None

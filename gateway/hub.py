@@ -86,6 +86,8 @@ class Waiter:
     order_id: int = 0
     duplicates: list[tuple[Session, RequestId]] = field(default_factory=list)
     cl_ord_id: str = ""
+    cancel_when_done: bool = False
+    """The connection closed with cancel-on-disconnect before the place was answered."""
 
 
 class Session:
@@ -127,6 +129,9 @@ class Gateway:
         self.waiting: dict[int, Waiter] = {}
         self.inflight: dict[tuple[str, str], Waiter] = {}
         self._account_buckets: dict[str, TokenBucket] = {}
+        self.dead_man: dict[str, int] = {}
+        """Each account's cancel-all-after deadline (ns); it outlives the connection that set
+        it, since a vanished client is what the switch is for."""
         self.next_withdrawal_id = max(self.exchange.withdrawals_seen, default=0) + 1
         self._touched: dict[int, TrackedOrder] = {}
 
@@ -180,10 +185,23 @@ class Gateway:
                 order = self.tracker.orders.get(order_id)
                 if order is not None and order.account == account:
                     self.submit(CancelOrder(account, order.symbol, order_id))
+            for waiter in self.waiting.values():  # places not answered yet
+                if waiter.session is session and waiter.op == "place":
+                    waiter.cancel_when_done = True
 
-    def cancel_all(self, account: str) -> None:
-        """The dead-man's switch fired: cancel every order of the account."""
-        self.submit(CancelAll(account))
+    def cancel_all_after(self, account: str, deadline_ns: int) -> None:
+        """Arm the account's dead-man's switch for ``deadline_ns`` (0 turns it off)."""
+        if deadline_ns:
+            self.dead_man[account] = deadline_ns
+        else:
+            self.dead_man.pop(account, None)
+
+    def tick(self, now_ns: int) -> None:
+        """Fire the dead-man's switches that are due: cancel every order of their accounts."""
+        for account, deadline in list(self.dead_man.items()):
+            if now_ns >= deadline:
+                del self.dead_man[account]
+                self.submit(CancelAll(account))
 
     # --- subscriptions ------------------------------------------------------------------------
 
@@ -385,7 +403,9 @@ class Gateway:
                     reply = Error(waiter.request_id, "unknown_order",
                                   f"{waiter.op}: order {order_id} is no longer live")
                 else:
-                    if waiter.op == "place":
+                    if waiter.cancel_when_done and order.live:
+                        self.submit(CancelOrder(order.account, order.symbol, order.order_id))
+                    elif waiter.op == "place":
                         waiter.session.placed.add(order.order_id)
                     reply = OrderReply(waiter.request_id, waiter.op,
                                        order.view(self.books[order.symbol]))

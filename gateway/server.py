@@ -108,6 +108,7 @@ class ExchangeServer:
         while True:
             await asyncio.sleep(TICK_S)
             now = self.clock()
+            self.gateway.tick(now)
             for session in list(self.gateway.sessions):
                 if isinstance(session, ClientSession):
                     session.tick(now)

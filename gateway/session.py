@@ -86,7 +86,6 @@ class ClientSession(Session):
         self.wakeup: Callable[[], None] = lambda: None
         self.close_reason: tuple[int, str] | None = None
         self.nonce = Nonce(now_ns)
-        self.dead_man_ns = 0  # cancel-all-after deadline; 0 = off
         self.last_sent_ns = now_ns
         self.now_ns = now_ns
         self._orders = TokenBucket(self.limits.orders_per_connection, now_ns)
@@ -155,6 +154,7 @@ class ClientSession(Session):
                 isinstance(request, _ORDER_OPS) and not self._orders.take(now_ns)):
             self._strike(request.id)
             return
+        self._strikes = 0
         try:
             self._dispatch(request, now_ns)
         except RequestError as exc:
@@ -200,11 +200,11 @@ class ClientSession(Session):
             self.gateway.submit(CancelAll(account, request.symbol, side),
                                 Waiter(self, request.id, "mass_cancel", account))
         elif isinstance(request, api.CancelAllAfter):
-            self._account(None)
-            self.dead_man_ns = now_ns + request.timeout_ms * 1_000_000 if request.timeout_ms \
-                else 0
+            account = self._account(None)
+            deadline = now_ns + request.timeout_ms * 1_000_000 if request.timeout_ms else 0
+            self.gateway.cancel_all_after(account, deadline)
             self.reply(api.CancelAllAfterSet(request.id, request.timeout_ms,
-                                             str(self.dead_man_ns) if self.dead_man_ns else ""))
+                                             str(deadline) if deadline else ""))
         else:
             assert isinstance(request, api.Withdraw)
             account = self._account(now_ns)
@@ -391,11 +391,8 @@ class ClientSession(Session):
     # --- time -------------------------------------------------------------------------------
 
     def tick(self, now_ns: int) -> None:
-        """Heartbeat an idle connection; fire the dead-man's switch when due."""
+        """Heartbeat an idle connection."""
         self.now_ns = now_ns
-        if self.dead_man_ns and now_ns >= self.dead_man_ns and self.account is not None:
-            self.dead_man_ns = 0
-            self.gateway.cancel_all(self.account)
         if now_ns - self.last_sent_ns >= self.limits.heartbeat_ns and not self.outbox:
             seqs = {s: self.gateway.books[s].view(d).seq for s, d in sorted(self.books.items())}
             self.send(msgspec.json.encode(api.Heartbeat("heartbeat", "heartbeat", str(now_ns),
