@@ -76,12 +76,16 @@ async def run_demo(gateway: Gateway, pump: Callable[[], None], *, seed: int = 1,
              FUNDING // MICRO, quoted)
     loop = asyncio.get_running_loop()
     next_summary = loop.time() + SUMMARY_EVERY_S
-    while True:
-        await asyncio.sleep(interval_s)
-        market.step(gateway.clock())
-        pump()
-        if loop.time() >= next_summary:
-            next_summary += SUMMARY_EVERY_S
-            log.info("demo market: %d commands sent (%s)", sum(market.sent.values()),
-                     ", ".join(f"{k} {v}" for k, v in sorted(market.sent.items())))
+    try:
+        while True:
+            await asyncio.sleep(interval_s)
+            market.step(gateway.clock())
+            pump()
+            if loop.time() >= next_summary:
+                next_summary += SUMMARY_EVERY_S
+                log.info("demo market: %d commands sent (%s)", sum(market.sent.values()),
+                         ", ".join(f"{k} {v}" for k, v in sorted(market.sent.items())))
+    except Exception:
+        log.exception("demo market stopped")  # now, not when the server shuts down
+        raise
 

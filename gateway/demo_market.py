@@ -9,17 +9,18 @@ What it does, all in integer ticks, lots and micro-USDC:
 
 * **Opening**: credits each account once (deposit ids from `DEMO_DEPOSIT_BASE`, which no
   chain deposit reaches, so a restart finds them and credits nothing twice), gives every
-  account spot capacity on each underlying, and cancels what its accounts left resting.
+  account spot capacity on each underlying, cancels what its accounts left resting, and puts
+  up every maker's ladder at once.
 * **Fair values**: one per underlying, in micro-USDC per unit of the futures' quote (what an
   index fix is in), a mean-reverting random walk around the products' reference price. Spot
   quotes it per spot unit (a kW-month is 30 kW-days); each futures month adds a small basis.
 * **Makers** keep a ladder of `LEVELS` orders per side on the spot instruments and the nearest
   `FUTURE_MONTHS` futures of each underlying, three makers per instrument, each with its own
   spread. A refresh moves only the orders whose price left the ladder (an amend each), so a
-  one-step move of the fair value costs one amend per side. Futures makers lean their quotes
-  against their position.
+  one-step move of the fair value costs one amend per side; a refresh with nothing to move
+  may show a new size on one level. Futures makers lean their quotes against their position.
 * **Takers** send marketable IOC limit orders and IOC market orders, leaning against their
-  futures position so it stays bounded.
+  futures position so it stays bounded. Half the refreshes and taker orders go to spot.
 * **Operator**: an index fix per underlying per UTC day, a `Timer` every second (spot
   deliveries close, expired futures halt), a `ClearingCut` every minute (futures marks).
 
@@ -83,8 +84,10 @@ MAKER_LIMIT_LEVELS: Final = 20
 """Futures positions, in largest orders, past which takers only reduce and makers stop
 adding."""
 
-REFRESHES_PER_STEP: Final = 1
-TAKE_PERCENT: Final = 15
+REFRESHES_PER_STEP: Final = 2
+RESIZE_PERCENT: Final = 50
+"""The chance, in percent, that a refresh with nothing to move shows a new size on a level."""
+TAKE_PERCENT: Final = 25
 """The chance, in percent, that a step sends a taker order."""
 MARKET_ORDER_PERCENT: Final = 20
 """The share, in percent, of taker orders sent as market orders."""
@@ -202,8 +205,9 @@ class DemoMarket:
     # --- opening --------------------------------------------------------------------------
 
     def open(self, now: int) -> list[str]:
-        """Fund and enable the accounts that need it, cancel their leftovers, and fix today's
-        index; returns the accounts funded now (none on a restart)."""
+        """Fund and enable the accounts that need it, cancel their leftovers, fix today's
+        index and put up every maker's ladder; returns the accounts funded now (none on a
+        restart)."""
         ex = self.exchange
         funded = []
         for i, account in enumerate(self.accounts):
@@ -218,6 +222,9 @@ class DemoMarket:
             if account in owners:
                 self.submit(CancelAll(account))
         self._operate(now)
+        for market, months_ahead in self.quoted(now):
+            for account in self._makers(market):
+                self.refresh(account, market, months_ahead)
         return funded
 
     # --- every step -----------------------------------------------------------------------
@@ -233,15 +240,19 @@ class DemoMarket:
         if not quoted:
             return
         for _ in range(REFRESHES_PER_STEP):
-            market, months_ahead = rng.choice(quoted)
+            market, months_ahead = self._pick(quoted)
             self.refresh(self._makers(market)[rng.randrange(MAKERS_PER_INSTRUMENT)], market,
                          months_ahead)
         if rng.randrange(100) < TAKE_PERCENT:
-            # half the taker orders go to spot, the instruments a newcomer looks at first
-            spot = rng.randrange(2) == 0
-            market, _ = rng.choice([q for q in quoted if q[0].spot == spot] or quoted)
+            market, _ = self._pick(quoted)
             self.take(self.accounts[rng.randrange(MAKERS, len(self.accounts))], market)
         self._cancel_unquoted({m.symbol for m, _ in quoted})
+
+    def _pick(self, quoted: list[tuple[Market, int]]) -> tuple[Market, int]:
+        """A quoted instrument: spot half the time, the instruments a newcomer looks at
+        first."""
+        spot = self.rng.randrange(2) == 0
+        return self.rng.choice([q for q in quoted if q[0].spot == spot] or quoted)
 
     def _operate(self, now: int) -> None:
         ex = self.exchange
@@ -311,15 +322,26 @@ class DemoMarket:
         return prices
 
     def refresh(self, account: str, market: Market, months_ahead: int) -> None:
-        """Bring ``account``'s orders on ``market`` to its ladder with the fewest commands."""
+        """Bring ``account``'s orders on ``market`` to its ladder with the fewest commands;
+        if that takes none, now and then show another size on one level."""
         fair = self.fair[market.instrument.underlying].ticks(market, months_ahead)
         prices = self.ladder(account, market, fair)
         key = (account, market.symbol)
         rising = fair >= self._last_fair.get(key, 0)
         self._last_fair[key] = fair
         # move the side that goes away from the other first, so no order crosses its own
+        sent = sum(self.sent.values())
         for side in (Side.SELL, Side.BUY) if rising else (Side.BUY, Side.SELL):
             self._refresh_side(account, market, side, prices[side])
+        quotes = self._live_quotes(account, market.symbol)
+        if sum(self.sent.values()) == sent and quotes and \
+                self.rng.randrange(100) < RESIZE_PERCENT:
+            order_id = self.rng.choice(sorted(quotes))
+            quote = quotes[order_id]
+            qty = self._size(max_lots(market))
+            if self._can_add(account, market, quote.side,
+                             qty - self.exchange.orders[order_id].remaining):
+                self.submit(AmendOrder(account, market.symbol, order_id, quote.price, qty))
 
     def _refresh_side(self, account: str, market: Market, side: Side,
                       prices: list[int]) -> None:

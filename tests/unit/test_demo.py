@@ -97,6 +97,9 @@ def test_demo_market_keeps_a_lively_two_sided_market_without_refusals() -> None:
     run = Run()
     assert run.funded == dev_accounts()
     ex = run.desk.ex
+    for market, _ahead in run.market.quoted(run.now):  # the opening puts up every ladder
+        assert len(market.book.depth(Side.BUY, 100)) >= LEVELS, market.symbol
+        assert len(market.book.depth(Side.SELL, 100)) >= LEVELS, market.symbol
     samples: Counter[str] = Counter()
     two_sided: Counter[str] = Counter()
     steps = 3000
@@ -169,13 +172,19 @@ def test_a_restart_funds_nothing_twice_and_cancels_the_leftovers() -> None:
     for _ in run.steps(300):
         pass
     accounts = set(dev_accounts())
-    assert any(o.account in accounts for o in run.desk.ex.orders.values())
+    before = {i for i, o in run.desk.ex.orders.items() if o.account in accounts}
+    assert before
     restarted = Run(seed=2, desk=run.desk)
     assert restarted.funded == []
     opening = restarted.commands
     assert not [c for c in opening if isinstance(c, CreditDeposit | SetCapacity)]
     assert {c.account for c in opening if isinstance(c, CancelAll)} <= accounts
-    assert not [o for o in run.desk.ex.orders.values() if o.account in accounts]
+    # the leftovers are gone; what the demo accounts show now is the new run's ladders
+    now_live = {i for i, o in run.desk.ex.orders.items() if o.account in accounts}
+    assert now_live
+    assert not before & now_live
+    tracked = {i for quotes in restarted.market.quotes.values() for i in quotes}
+    assert now_live == tracked
     # today's index was fixed at the first opening: the walk carries on from there
     for underlying, fair in restarted.market.fair.items():
         assert fair.value == max((d, p) for (u, d), p in run.desk.ex.fixes.items()
