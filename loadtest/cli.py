@@ -1,12 +1,16 @@
-"""`cmx bench ...`: benchmark commands, registered through the ``cmx.commands`` entry point."""
+"""`cmx bench ...` and `cmx loadtest ...`: benchmark commands, registered through the
+``cmx.commands`` entry point."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from loadtest.bench_core import main_core
 from loadtest.bench_engine import main_engine
+from loadtest.ws import main_ws
+from loadtest.ws_fanout import main_fanout
 
 
 def register(commands: Any) -> None:
@@ -51,6 +55,86 @@ def register(commands: Any) -> None:
                         help="futures instrument to trade (default GPU.H100.F2701)")
     engine.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
     engine.set_defaults(handler=_bench_engine)
+    _register_loadtest(commands)
+
+
+def _register_loadtest(commands: Any) -> None:
+    loadtest: argparse.ArgumentParser = commands.add_parser(
+        "loadtest",
+        help="load the websocket API from separate processes and report latencies",
+        description="Open-loop load tests of a running exchange; see BENCHMARKS.md.",
+    )
+    kinds = loadtest.add_subparsers(dest="loadtest", metavar="TEST", required=True)
+    ws = kinds.add_parser(
+        "ws",
+        help="websocket order entry at fixed rates (or 'ws fanout': book fan-out)",
+        description="Open loop at a fixed aggregate rate over N client connections, each its "
+        "own account: limit orders around the reference price that mostly rest, and cancels "
+        "of each client's oldest order once it has more than --max-live resting. Ack latency "
+        "(from each order's scheduled time to its reply) in HDR histograms. By default the "
+        "server is spawned as a separate process on a fresh file journal with its load "
+        "accounts funded; --url targets a running server whose accounts are funded instead "
+        "(cmx serve --demo: the development mnemonic's accounts). Several --rate values run "
+        "one after another. Exits 1 if any order is lost.",
+    )
+    server = ws.add_mutually_exclusive_group()
+    server.add_argument("--spawn", action="store_true",
+                        help="spawn a fresh server process (the default)")
+    server.add_argument("--url", help="websocket URL of a running server, e.g. "
+                        "ws://127.0.0.1:8765/ (its dev accounts must be funded)")
+    ws.add_argument("--rate", type=float, nargs="+", default=[10_000.0], metavar="R",
+                    help="aggregate orders/s; several values make several runs "
+                    "(default 10000)")
+    ws.add_argument("--duration", type=float, default=10.0, metavar="S",
+                    help="seconds of load per run (default 10)")
+    ws.add_argument("--clients", type=int, default=32, metavar="N",
+                    help="client connections (default 32)")
+    _common(ws, procs_help="generator processes (default 1)")
+    ws.add_argument("--max-live", type=int, default=50,
+                    help="resting orders per client before it cancels its oldest (default 50)")
+    ws.set_defaults(handler=_loadtest_ws)
+    modes = ws.add_subparsers(dest="mode", metavar="MODE")
+    fanout = modes.add_parser(
+        "fanout",
+        help="many book subscribers: delivery latency and the server's peak memory",
+        description="Spawns a server, SUBSCRIBERS book subscribers (depth 10, every "
+        "checksum verified) spread over --procs processes, and a driver placing and "
+        "cancelling orders near the touch at UPDATES orders/s. Reports delivery latency "
+        "(arrival less the update's server ts), messages delivered, checksum failures, "
+        "resyncs and the server's peak RSS. Exits 1 on any checksum failure.",
+    )
+    fanout.add_argument("--subscribers", type=int, default=1000)
+    fanout.add_argument("--updates", type=float, default=5000.0,
+                        help="driver orders/s, each changing a visible level (default 5000)")
+    fanout.add_argument("--duration", type=float, default=10.0, metavar="S")
+    _common(fanout, procs_help="subscriber processes (default 1)")
+    fanout.set_defaults(handler=_loadtest_fanout)
+
+
+def _common(parser: argparse.ArgumentParser, procs_help: str) -> None:
+    parser.add_argument("--procs", type=int, default=1, help=procs_help)
+    parser.add_argument("--symbol", default="GPU.H100.SPOT",
+                        help="spot instrument to trade (default GPU.H100.SPOT)")
+    parser.add_argument("--drain", type=float, default=10.0, metavar="S",
+                        help="seconds to wait for the last replies after the load (default 10)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
+    parser.add_argument("--plot", metavar="PNG", help="also write a latency plot here")
+
+
+def _loadtest_ws(args: argparse.Namespace) -> int:
+    return main_ws(args.url, args.rate, duration_s=args.duration, clients=args.clients,
+                   procs=args.procs, symbol=args.symbol, max_live=args.max_live,
+                   drain_s=args.drain, json_path=args.json, plot_path=args.plot)
+
+
+def _loadtest_fanout(args: argparse.Namespace) -> int:
+    if args.url is not None:
+        print("cmx loadtest ws fanout: spawns its own server (to read its memory); "
+              "--url is for order entry runs", file=sys.stderr)
+        return 2
+    return main_fanout(args.subscribers, args.updates, duration_s=args.duration,
+                       procs=args.procs, symbol=args.symbol, drain_s=args.drain,
+                       json_path=args.json, plot_path=args.plot)
 
 
 def _bench_core(args: argparse.Namespace) -> int:

@@ -1,0 +1,125 @@
+"""The exchange a websocket load test runs against, in a process of its own.
+
+``python -m loadtest.ws_server --data-dir DIR --accounts N`` runs the same server as
+``cmx serve`` (file journal in DIR with group fsync, default gateway limits) after funding the
+load test's N accounts (`load_key`) and giving each H100 capacity to sell, then prints one JSON
+line ``{"port": P}`` and serves until SIGTERM. `SpawnedServer` starts and stops it from the
+load generator and reads its peak memory.
+
+Accounts are funded by journaled `CreditDeposit` commands, as the chain bridge would: the
+websocket API has no way to create money, so a load test against a running server
+(``--url``) needs accounts that server already funded (``cmx serve --demo``'s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import TracebackType
+
+from engine.commands import CreditDeposit, SetCapacity
+from gateway.auth import address_of
+from gateway.hub import Gateway
+from gateway.serve import open_sequencer
+from gateway.server import ExchangeServer
+
+DEPOSIT_MICRO_USDC = 10_000_000 * 1_000_000
+CAPACITY_UNITS = 1_000_000_000
+UNDERLYINGS = ("GPU.H100",)
+
+
+def load_key(index: int) -> str:
+    """The private key of load test account ``index`` (deterministic; test use only)."""
+    return "0x" + hashlib.sha256(f"cmx load test account {index}".encode()).hexdigest()
+
+
+async def serve(data_dir: Path, port: int, accounts: int) -> None:
+    """Fund the load accounts, listen, report the port on stdout, serve until SIGTERM."""
+    sequencer = open_sequencer(data_dir)
+    gateway = Gateway(sequencer)
+    server = ExchangeServer(gateway, port=port)
+    await server.start()
+    for index in range(accounts):
+        account = address_of(load_key(index))
+        gateway.submit(CreditDeposit(index + 1, account, DEPOSIT_MICRO_USDC))
+        for underlying in UNDERLYINGS:
+            gateway.submit(SetCapacity(account, underlying, CAPACITY_UNITS))
+    gateway.publish(sequencer.sync())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    print(json.dumps({"port": server.port}), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        sequencer.journal.close()
+
+
+class SpawnedServer:
+    """A `loadtest.ws_server` process on a free loopback port (use as a context manager)."""
+
+    def __init__(self, data_dir: Path, accounts: int) -> None:
+        self.data_dir = data_dir
+        self.accounts = accounts
+        self.port = 0
+        self._process: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        """The websocket URL."""
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def __enter__(self) -> SpawnedServer:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "loadtest.ws_server", "--data-dir", str(self.data_dir),
+             "--accounts", str(self.accounts)],
+            stdout=subprocess.PIPE, text=True)
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            self._process.wait(timeout=10)
+            raise RuntimeError(f"load test server exited with {self._process.returncode}")
+        self.port = int(json.loads(line)["port"])
+        return self
+
+    def peak_rss_mb(self) -> float:
+        """The server's peak resident memory so far (VmHWM), in MiB."""
+        assert self._process is not None
+        status = Path(f"/proc/{self._process.pid}/status").read_text()
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM in /proc status")
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if self._process is None:
+            return
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+def main() -> None:
+    """Command line of the server process."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--accounts", type=int, required=True)
+    args = parser.parse_args()
+    asyncio.run(serve(args.data_dir, args.port, args.accounts))
+
+
+if __name__ == "__main__":
+    main()
