@@ -142,6 +142,9 @@ class Gateway:
         book.halted, book.settled = market.halted, market.settled
         last = market.book.last_price
         book.last = last or None
+        fixes = [(day, price) for (underlying, day), price in self.exchange.fixes.items()
+                 if underlying == instrument.underlying]
+        book.index = max(fixes)[1] if fixes else None
         self.books[instrument.symbol] = book
 
     # --- order entry ------------------------------------------------------------------------
@@ -248,10 +251,9 @@ class Gateway:
         book = self.books[symbol]
         lots = book.qty(abs(qty)) if qty else "0"
         entry = None
-        if qty:
-            market = self.exchange.markets[symbol]
-            entry = book.price(max(1, market.to_ticks(abs(entry_value) * market.tick_value,
-                                                      abs(qty))))
+        if qty:  # the average entry, rounded half up to a tick
+            value, count = abs(entry_value), abs(qty)
+            entry = book.price(max(1, (2 * value + count) // (2 * count)))
         return PositionView(symbol, f"-{lots}" if qty < 0 else lots, entry, usdc(realized_pnl))
 
     # --- what the sequencer released ------------------------------------------------------

@@ -1,0 +1,152 @@
+"""The gateway on the happy path, sans-I/O: replies, private channels, market data views."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from engine.commands import IndexFix
+from engine.messages import Side
+from gateway.checksum import book_checksum
+from gateway.hub import Gateway
+from gateway.session import ClientSession
+from tests.ws_helpers import (
+    ALICE,
+    ALICE_KEY,
+    BOB,
+    BOB_KEY,
+    NS,
+    SPOT,
+    Floor,
+    Message,
+    decode,
+    place_request,
+    reply_to,
+)
+
+T0 = 1_796_000_000 * NS
+FUTURE = "GPU.H100.F2701"
+
+
+@pytest.fixture
+def floor(tmp_path: Path) -> Iterator[Floor]:
+    floor = Floor(tmp_path)
+    floor.fund(ALICE, BOB)
+    floor.capacity(ALICE)
+    floor.capacity(BOB)
+    yield floor
+    floor.close()
+
+
+def channel(messages: list[Message], name: str) -> list[Message]:
+    return [m for m in messages if m.get("channel") == name and "id" not in m]
+
+
+def subscribe(floor: Floor, session: ClientSession, **fields: object) -> list[Message]:
+    return floor.send(session, {"op": "subscribe", "id": "s", **fields}, T0)
+
+
+def test_a_second_place_with_an_in_flight_client_id_gets_the_same_order(floor: Floor) -> None:
+    alice = floor.logged_in(ALICE_KEY, T0)
+    alice.receive(json.dumps(place_request("dup", request_id=1)), T0)
+    alice.receive(json.dumps(place_request("dup", request_id=2)), T0)  # before the first is durable
+    floor.pump()
+    replies = decode(alice.drain())
+    first, second = reply_to(replies, 1), reply_to(replies, 2)
+    assert first["order"]["order_id"] == second["order"]["order_id"]
+    assert list(floor.live_orders(ALICE)) == ["dup"]
+
+
+def test_private_channels_follow_a_fill(floor: Floor) -> None:
+    alice = floor.logged_in(ALICE_KEY, T0)
+    bob = floor.logged_in(BOB_KEY, T0)
+    for name in ("orders", "fills", "balances", "positions"):
+        subscribe(floor, alice, channel=name)
+    floor.send(alice, place_request("bid", side="buy", price="2.400", qty="5", symbol=FUTURE),
+               T0)
+    alice.drain()
+    floor.send(bob, place_request("hit", side="sell", price="2.400", qty="2", symbol=FUTURE),
+               T0)
+    seen = decode(alice.drain())
+    [fill] = [f for m in channel(seen, "fills") for f in m["data"]]
+    assert (fill["side"], fill["price"], fill["qty"], fill["liquidity"]) == \
+        ("buy", "2.400", "2", "maker")
+    [order] = [o for m in channel(seen, "orders") for o in m["data"]]
+    assert (order["status"], order["filled"], order["remaining"]) == \
+        ("partially_filled", "2", "3")
+    [position] = [p for m in channel(seen, "positions") for p in m["data"]]
+    assert (position["symbol"], position["qty"], position["entry_price"]) == (FUTURE, "2",
+                                                                              "2.400")
+    balances = floor.exchange.ledger.accounts[ALICE]
+    [balance] = [b for m in channel(seen, "balances") for b in m["data"]]
+    assert balance["available"] == f"{balances.available // 10**6}." \
+                                   f"{balances.available % 10**6:06d}"
+    for name in ("orders", "fills", "positions", "balances"):  # each channel counts on its own
+        seqs = [m["seq"] for m in channel(seen, name)]
+        assert seqs and all(b == a + 1 for a, b in pairwise(seqs))
+    assert not channel(decode(bob.drain()), "orders")  # bob never subscribed
+
+
+def test_mass_cancel_counts_and_withdraw_reports(floor: Floor) -> None:
+    alice = floor.logged_in(ALICE_KEY, T0)
+    for i in range(3):
+        floor.send(alice, place_request(f"o{i}", price=f"2.{300 + i}"), T0)
+    done = reply_to(floor.send(alice, {"op": "mass_cancel", "id": 9, "symbol": SPOT}, T0), 9)
+    assert done == {"type": "mass_cancelled", "id": 9, "cancelled": 3}
+    assert floor.live_orders(ALICE) == {}
+    paid = reply_to(floor.send(alice, {"op": "withdraw", "id": 10, "amount": "12.5"}, T0), 10)
+    assert (paid["type"], paid["amount"]) == ("withdrawal", "12.500000")
+    too_much = reply_to(floor.send(alice, {"op": "withdraw", "id": 11,
+                                           "amount": "999999999999"}, T0), 11)
+    assert (too_much["type"], too_much["code"]) == ("error", "insufficient_funds")
+
+
+def test_a_book_view_cut_to_its_depth_brings_in_the_next_level(floor: Floor) -> None:
+    alice = floor.logged_in(ALICE_KEY, T0)
+    for i in range(12):
+        floor.send(alice, place_request(f"b{i}", price=f"2.{300 + i}"), T0)
+    watcher = floor.session(T0)
+    watcher.drain()
+    [snapshot] = channel(subscribe(floor, watcher, channel="book", symbols=[SPOT], depth=10),
+                         "book")
+    assert [p for p, _ in snapshot["bids"]] == [f"2.{311 - i}" for i in range(10)]
+    floor.send(alice, {"op": "cancel", "id": 1, "cl_ord_id": "b11"}, T0)
+    [update] = channel(decode(watcher.drain()), "book")
+    assert sorted(update["bids"]) == [["2.301", "1"], ["2.311", "0"]]
+    assert update["prev_seq"] == snapshot["seq"] and update["seq"] == snapshot["seq"] + 1
+    book = floor.exchange.markets[SPOT].book
+    spec = floor.exchange.markets[SPOT].instrument
+    top = [(spec.ticks_to_price(p), spec.lots_to_qty(q)) for p, q in book.depth(Side.BUY, 10)]
+    assert update["checksum"] == book_checksum(top, [])
+
+
+def test_the_index_survives_a_restart(tmp_path: Path) -> None:
+    floor = Floor(tmp_path)
+    floor.gateway.submit(IndexFix("GPU.H100", 20261130, 2_450_000))
+    floor.pump()
+    assert floor.gateway.books[SPOT].index == 2_450_000
+    floor.close()
+    again = Floor(tmp_path)
+    try:
+        assert again.gateway.books[SPOT].index == 2_450_000
+        watcher = ClientSession(again.gateway, T0)
+        [ticker] = channel(again.send(watcher, {"op": "subscribe", "channel": "ticker",
+                                                "symbols": [SPOT]}, T0), "ticker")
+        assert ticker["index"] == "2.450000"
+    finally:
+        again.close()
+
+
+def test_a_new_gateway_knows_live_orders_by_client_id(tmp_path: Path) -> None:
+    floor = Floor(tmp_path)
+    floor.fund(ALICE)
+    alice = floor.logged_in(ALICE_KEY, T0)
+    placed = reply_to(floor.send(alice, place_request("keep", request_id=1), T0), 1)
+    restarted = Gateway(floor.sequencer)
+    order = restarted.tracker.find(ALICE, None, "keep")
+    assert order is not None and order.order_id == placed["order"]["order_id"]
+    floor.close()
