@@ -10,9 +10,8 @@ until its ``expires`` time. Addresses are compared in lower case.
 from __future__ import annotations
 
 import secrets
-
-from eth_account import Account
-from eth_account.messages import encode_defunct
+from functools import cache
+from typing import Any
 
 NONCE_TTL_NS = 60 * 1_000_000_000
 
@@ -27,11 +26,22 @@ def delegation_text(account: str, key: str, expires: int) -> str:
     return f"CMX API key\naccount: {account.lower()}\nkey: {key.lower()}\nexpires: {expires}"
 
 
+@cache
+def _eth_account() -> tuple[Any, Any]:
+    """eth-account's Account and encode_defunct, imported on first use: the import takes
+    about a second, which every `cmx` command would otherwise pay at start."""
+    from eth_account import Account  # noqa: PLC0415
+    from eth_account.messages import encode_defunct  # noqa: PLC0415
+
+    return Account, encode_defunct
+
+
 def recover_signer(text: str, signature: str) -> str | None:
     """The lower-case address that signed ``text`` (EIP-191), or None if it cannot be
     recovered."""
+    account_type, encode_defunct = _eth_account()
     try:
-        address: str = Account.recover_message(encode_defunct(text=text), signature=signature)
+        address: str = account_type.recover_message(encode_defunct(text=text), signature=signature)
     except Exception:  # any malformed signature is just "no signer"
         return None
     return address.lower()
@@ -39,13 +49,15 @@ def recover_signer(text: str, signature: str) -> str | None:
 
 def sign_text(private_key: str | bytes, text: str) -> str:
     """An EIP-191 signature of ``text`` as 0x-prefixed hex (for clients and tests)."""
-    signed = Account.sign_message(encode_defunct(text=text), private_key=private_key)
+    account_type, encode_defunct = _eth_account()
+    signed = account_type.sign_message(encode_defunct(text=text), private_key=private_key)
     return "0x" + bytes(signed.signature).hex()
 
 
 def address_of(private_key: str | bytes) -> str:
     """The lower-case address of a private key."""
-    return str(Account.from_key(private_key).address).lower()
+    account_type, _ = _eth_account()
+    return str(account_type.from_key(private_key).address).lower()
 
 
 class Nonce:
