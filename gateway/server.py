@@ -145,7 +145,7 @@ class ExchangeServer:
             while True:
                 await wake.wait()
                 wake.clear()
-                for frame in session.drain():
+                while (frame := session.pop()) is not None:
                     await connection.send(frame)
                 if session.close_reason is not None:
                     code, reason = session.close_reason

@@ -101,11 +101,11 @@ class ClientSession(Session):
         """Queue a message; conflate or give up on a reader that is too far behind."""
         if self.close_reason is not None:
             return
-        outbox = self.outbox
-        outbox.append((book_symbol, payload))
-        if len(outbox) > self.limits.outbox_soft:
+        self.outbox.append((book_symbol, payload))
+        if len(self.outbox) > self.limits.outbox_soft:
             self._conflate()
-            if len(outbox) > self.limits.outbox_hard:
+            if len(self.outbox) > self.limits.outbox_hard:
+                self.outbox.clear()  # hopeless: what is queued would never be read
                 self.close(CLOSE_TRY_AGAIN, "slow consumer: too many messages queued")
         self.wakeup()
 
@@ -114,6 +114,14 @@ class ClientSession(Session):
         for symbol, depth in self.books.items():
             kept.append((symbol, self.gateway.books[symbol].view(depth).snapshot()))
         self.outbox = kept
+
+    def pop(self) -> str | None:
+        """The oldest queued message, or None. The server writes one at a time, so whatever
+        waits behind a blocked socket stays in the outbox, under its limits."""
+        if not self.outbox:
+            return None
+        self.last_sent_ns = self.now_ns
+        return self.outbox.popleft()[1]
 
     def drain(self) -> list[str]:
         """Everything queued, in order; the outbox is then empty."""
