@@ -88,6 +88,8 @@ class Waiter:
     cl_ord_id: str = ""
     cancel_when_done: bool = False
     """The connection closed with cancel-on-disconnect before the place was answered."""
+    then: list[Callable[[TrackedOrder | None], None]] = field(default_factory=list)
+    """What to do with the placed order (None if refused) once the place is answered."""
 
 
 class Session:
@@ -281,12 +283,11 @@ class Gateway:
             for session in self.instrument_subscribers:
                 session.send(message)
         for (account, channel), items in private.items():
-            sessions = [s for s in self.by_account.get(account, ()) if channel in s.private]
             seq = self.private_seq.get((account, channel), 0) + 1
             self.private_seq[(account, channel)] = seq
-            if sessions:
-                message = _encode(PrivateMessage(channel.value, "update", seq, items)).decode()
-                for session in sessions:
+            message = _encode(PrivateMessage(channel.value, "update", seq, items)).decode()
+            for session in self.by_account.get(account, ()):
+                if channel in session.private:
                     session.send(message)
 
     def _apply(self, event: ExchangeEvent, ts: int,
@@ -307,10 +308,12 @@ class Gateway:
                 if order is None:
                     continue
                 self._order_changed(order, private)
-                private.setdefault((order.account, Channel.FILLS), []).append(FillView(
-                    event.trade_id, order.order_id, order.cl_ord_id, event.symbol,
-                    side_name(order.side), book.price(event.price), book.qty(event.qty),
-                    usdc(fee), liquidity, str(ts)))
+                fills = self._listened(private, order.account, Channel.FILLS)
+                if fills is not None:
+                    fills.append(FillView(
+                        event.trade_id, order.order_id, order.cl_ord_id, event.symbol,
+                        side_name(order.side), book.price(event.price), book.qty(event.qty),
+                        usdc(fee), liquidity, str(ts)))
         elif isinstance(event, OrderAccepted):
             self._order_changed(tracker.accepted(event), private)
         elif isinstance(event, OrderCancelled):
@@ -320,13 +323,15 @@ class Gateway:
         elif isinstance(event, OrderTriggered):
             self._order_changed(tracker.triggered(event), private)
         elif isinstance(event, BalanceChanged):
-            private.setdefault((event.account, Channel.BALANCES), []).append(BalanceView(
-                usdc(event.available), usdc(event.reserved), usdc(event.margin),
-                usdc(event.escrow)))
+            balances = self._listened(private, event.account, Channel.BALANCES)
+            if balances is not None:
+                balances.append(BalanceView(usdc(event.available), usdc(event.reserved),
+                                            usdc(event.margin), usdc(event.escrow)))
         elif isinstance(event, PositionChanged):
-            private.setdefault((event.account, Channel.POSITIONS), []).append(
-                self._position_view(event.symbol, event.qty, event.entry_value,
-                                    event.realized_pnl))
+            positions = self._listened(private, event.account, Channel.POSITIONS)
+            if positions is not None:
+                positions.append(self._position_view(event.symbol, event.qty,
+                                                     event.entry_value, event.realized_pnl))
         elif isinstance(event, MarkPrice):
             book = self.books[event.symbol]
             book.mark = event.price
@@ -352,8 +357,21 @@ class Gateway:
         if order is None:
             return
         self._touched[order.order_id] = order
-        private.setdefault((order.account, Channel.ORDERS), []).append(
-            order.view(self.books[order.symbol]))
+        orders = self._listened(private, order.account, Channel.ORDERS)
+        if orders is not None:
+            orders.append(order.view(self.books[order.symbol]))
+
+    def _listened(self, private: dict[tuple[str, Channel], list[msgspec.Struct]],
+                  account: str, channel: Channel) -> list[msgspec.Struct] | None:
+        """The batch of ``channel`` messages for ``account``, or None when none of its
+        connections subscribed to it (nothing is built, and its seq stays put)."""
+        items = private.get((account, channel))
+        if items is None:
+            sessions = self.by_account.get(account)
+            if not sessions or not any(channel in s.private for s in sessions):
+                return None
+            items = private[(account, channel)] = []
+        return items
 
     def _publish_book(self, book: SymbolBook, ts: int) -> None:
         symbol = book.symbol
@@ -414,3 +432,8 @@ class Gateway:
         waiter.session.reply(reply)
         for session, request_id in waiter.duplicates:
             session.reply(msgspec.structs.replace(reply, id=request_id))
+        if waiter.then:
+            placed = self.tracker.orders.get(reply.order.order_id) \
+                if isinstance(reply, OrderReply) and reply.order is not None else None
+            for then in waiter.then:
+                then(placed)

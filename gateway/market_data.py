@@ -23,6 +23,7 @@ from gateway.checksum import CHECKSUM_LEVELS, book_checksum
 
 DAY_NS = 86_400 * 1_000_000_000
 RECENT_TRADES = 50
+CONVERSIONS_KEPT = 4096
 _encode = msgspec.json.Encoder().encode
 
 
@@ -114,6 +115,8 @@ class SymbolBook:
         self.halted = False
         self.settled = False
         self._price_text: dict[int, str] = {}
+        self._ticks: dict[str, int] = {}
+        self._lots: dict[str, int] = {}
 
     def price(self, ticks: int) -> str:
         """Ticks as the API's price text (cached: a book revisits the same prices)."""
@@ -121,6 +124,25 @@ class SymbolBook:
         if text is None:
             text = self._price_text[ticks] = self.instrument.ticks_to_price(ticks)
         return text
+
+    def ticks(self, text: str) -> int:
+        """A client's price text in ticks (`InstrumentError` if it is not a price here).
+        Clients send the same few prices again and again, so the answers are kept."""
+        ticks = self._ticks.get(text)
+        if ticks is None:
+            ticks = self.instrument.price_to_ticks(text)
+            if len(self._ticks) < CONVERSIONS_KEPT:
+                self._ticks[text] = ticks
+        return ticks
+
+    def lots(self, text: str) -> int:
+        """A client's size text in lots (`InstrumentError` if it is not a size here)."""
+        lots = self._lots.get(text)
+        if lots is None:
+            lots = self.instrument.qty_to_lots(text)
+            if len(self._lots) < CONVERSIONS_KEPT:
+                self._lots[text] = lots
+        return lots
 
     def qty(self, lots: int) -> str:
         """Lots as the API's size text; 0 is ``"0"`` (a deleted level)."""

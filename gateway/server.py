@@ -103,6 +103,9 @@ class ExchangeServer:
 
     def _release(self) -> None:
         self.gateway.publish(self.gateway.sequencer.release())
+        journal = self.gateway.sequencer.journal
+        if journal.last_seq > journal.durable_seq:  # publishing submitted more (deferred
+            self.pump()                              # cancels, cancel-on-disconnect)
 
     async def _tick_loop(self) -> None:
         while True:

@@ -12,17 +12,18 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 
 from engine.commands import AmendOrder, CancelAll, CancelOrder, PlaceOrder, RequestWithdrawal
-from engine.instruments import Instrument, InstrumentError
+from engine.instruments import InstrumentError
 from engine.messages import OrderType, SelfTradePrevention, Side, TimeInForce
 from gateway import api
 from gateway.api import Channel, ErrorCode
 from gateway.auth import LoginError, Nonce, verify_login
 from gateway.hub import Gateway, Session, Waiter
+from gateway.market_data import SymbolBook
+from gateway.orders import TrackedOrder
 from gateway.rate_limit import TokenBucket
 
 CLOSE_POLICY = 1008  # websocket close code: policy violation
@@ -203,7 +204,7 @@ class ClientSession(Session):
         elif isinstance(request, api.MassCancel):
             account = self._account(now_ns)
             if request.symbol is not None:
-                self._instrument(request.symbol)
+                self._book(request.symbol)
             side = _SIDES[request.side] if request.side is not None else None
             self.gateway.submit(CancelAll(account, request.symbol, side),
                                 Waiter(self, request.id, "mass_cancel", account))
@@ -231,11 +232,11 @@ class ClientSession(Session):
             raise RequestError(ErrorCode.RATE_LIMITED, "account rate limit exceeded")
         return self.account
 
-    def _instrument(self, symbol: str) -> Instrument:
+    def _book(self, symbol: str) -> SymbolBook:
         book = self.gateway.books.get(symbol)
         if book is None:
             raise RequestError(ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {symbol!r}")
-        return book.instrument
+        return book
 
     def _login(self, request: api.Login, now_ns: int) -> None:
         if self.account is not None:
@@ -272,7 +273,7 @@ class ClientSession(Session):
         if inflight is not None:
             inflight.duplicates.append((self, request.id))
             return
-        spec = self._instrument(request.symbol)
+        book = self._book(request.symbol)
         order_type = _TYPES[request.type]
         needs_price = order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
         needs_stop = order_type in (OrderType.STOP_LIMIT, OrderType.STOP_MARKET)
@@ -285,13 +286,13 @@ class ClientSession(Session):
                                f"{request.type} orders {'need' if needs_stop else 'take no'} "
                                "stop_price")
         command = PlaceOrder(
-            account, spec.symbol, _SIDES[request.side],
-            _convert(spec.qty_to_lots, request.qty),
-            _convert(spec.price_to_ticks, request.price) if request.price is not None else 0,
+            account, book.symbol, _SIDES[request.side],
+            _convert(book.lots, request.qty),
+            _convert(book.ticks, request.price) if request.price is not None else 0,
             order_type, _TIFS[request.tif], request.post_only,
-            _convert(spec.qty_to_lots, request.display_qty)
+            _convert(book.lots, request.display_qty)
             if request.display_qty is not None else 0,
-            _convert(spec.price_to_ticks, request.stop_price)
+            _convert(book.ticks, request.stop_price)
             if request.stop_price is not None else 0,
             request.expire_ts, _STPS[request.stp], request.cl_ord_id,
         )
@@ -300,30 +301,54 @@ class ClientSession(Session):
 
     def _cancel(self, request: api.Cancel, now_ns: int) -> None:
         account = self._account(now_ns)
-        order = self._find(account, request.order_id, request.cl_ord_id)
-        self.gateway.submit(CancelOrder(account, order.symbol, order.order_id),
-                            Waiter(self, request.id, "cancel", account, order.order_id))
+
+        def cancel(order: TrackedOrder) -> None:
+            self.gateway.submit(CancelOrder(account, order.symbol, order.order_id),
+                                Waiter(self, request.id, "cancel", account, order.order_id))
+
+        self._with_order(account, request.id, request.order_id, request.cl_ord_id, cancel)
 
     def _amend(self, request: api.Amend, now_ns: int) -> None:
         account = self._account(now_ns)
-        order = self._find(account, request.order_id, request.cl_ord_id)
         if request.price is None and request.qty is None:
             raise RequestError(ErrorCode.INVALID_REQUEST, "amend needs price or qty")
-        spec = self._instrument(order.symbol)
-        price = _convert(spec.price_to_ticks, request.price) if request.price is not None \
-            else order.price
-        qty = _convert(spec.qty_to_lots, request.qty) if request.qty is not None \
-            else order.remaining
-        self.gateway.submit(AmendOrder(account, order.symbol, order.order_id, price, qty),
-                            Waiter(self, request.id, "amend", account, order.order_id))
 
-    def _find(self, account: str, order_id: int | None, cl_ord_id: str | None) -> Any:
+        def amend(order: TrackedOrder) -> None:
+            book = self._book(order.symbol)
+            price = _convert(book.ticks, request.price) if request.price is not None \
+                else order.price
+            qty = _convert(book.lots, request.qty) if request.qty is not None \
+                else order.remaining
+            self.gateway.submit(AmendOrder(account, order.symbol, order.order_id, price, qty),
+                                Waiter(self, request.id, "amend", account, order.order_id))
+
+        self._with_order(account, request.id, request.order_id, request.cl_ord_id, amend)
+
+    def _with_order(self, account: str, request_id: api.RequestId, order_id: int | None,
+                    cl_ord_id: str | None, act: Callable[[TrackedOrder], None]) -> None:
+        """Run ``act`` on the account's live order; for an order whose place is still on its
+        way to the journal (named by ``cl_ord_id``), run it once the place is answered, so a
+        cancel sent right after a place is not refused for arriving first."""
         if (order_id is None) == (cl_ord_id is None):
             raise RequestError(ErrorCode.INVALID_REQUEST, "give order_id or cl_ord_id")
         order = self.gateway.tracker.find(account, order_id, cl_ord_id)
-        if order is None:
+        if order is not None:
+            act(order)
+            return
+        placing = self.gateway.inflight.get((account, cl_ord_id)) if cl_ord_id else None
+        if placing is None:
             raise RequestError(ErrorCode.UNKNOWN_ORDER, "no such live order of this account")
-        return order
+
+        def when_placed(placed: TrackedOrder | None) -> None:
+            try:
+                if placed is None or not placed.live:
+                    raise RequestError(ErrorCode.UNKNOWN_ORDER,
+                                       "no such live order of this account")
+                act(placed)
+            except RequestError as exc:
+                self.error(request_id, exc.code, exc.msg)
+
+        placing.then.append(when_placed)
 
     # --- subscriptions ----------------------------------------------------------------------
 
@@ -348,7 +373,7 @@ class ClientSession(Session):
         if not request.symbols:
             raise RequestError(ErrorCode.INVALID_REQUEST, f"{channel} needs symbols")
         for symbol in request.symbols:
-            self._instrument(symbol)
+            self._book(symbol)
         self.reply(api.Subscribed(request.id, channel.value, list(request.symbols),
                                   request.depth if channel == Channel.BOOK else None))
         for symbol in request.symbols:

@@ -108,8 +108,9 @@ class Floor:
         self._deposits = 0
 
     def pump(self) -> None:
-        """Make everything submitted durable and publish it."""
-        self.gateway.publish(self.sequencer.sync())
+        """Make everything submitted durable and publish it, and what publishing submitted."""
+        while released := self.sequencer.sync():
+            self.gateway.publish(released)
 
     def fund(self, *accounts: str, amount: int = FUNDS) -> None:
         """Credit each account ``amount`` micro-USDC."""

@@ -61,6 +61,20 @@ def test_a_second_place_with_an_in_flight_client_id_gets_the_same_order(floor: F
     assert list(floor.live_orders(ALICE)) == ["dup"]
 
 
+def test_a_cancel_right_after_its_place_waits_for_it(floor: Floor) -> None:
+    alice = floor.logged_in(ALICE_KEY, T0)
+    alice.receive(json.dumps(place_request("quick", request_id=1)), T0)
+    alice.receive(json.dumps({"op": "cancel", "id": 2, "cl_ord_id": "quick"}), T0)
+    alice.receive(json.dumps({"op": "amend", "id": 3, "cl_ord_id": "never", "qty": "2"}), T0)
+    floor.pump()
+    replies = decode(alice.drain())
+    assert reply_to(replies, 1)["order"]["status"] == "new"
+    cancelled = reply_to(replies, 2)
+    assert (cancelled["type"], cancelled["order"]["status"]) == ("order", "cancelled")
+    assert reply_to(replies, 3)["code"] == "unknown_order"
+    assert floor.live_orders(ALICE) == {}
+
+
 def test_private_channels_follow_a_fill(floor: Floor) -> None:
     alice = floor.logged_in(ALICE_KEY, T0)
     bob = floor.logged_in(BOB_KEY, T0)
