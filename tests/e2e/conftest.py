@@ -161,14 +161,16 @@ def traders(exchange: ServedExchange) -> Iterator[tuple[Trader, Trader]]:
         yield Trader(buyer, BUYER_KEY), Trader(seller, SELLER_KEY)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
-    """Playwright's driver (it drives the system's Chromium; no browser download)."""
+    """Playwright's driver (it drives the system's Chromium; no browser download). Module
+    scope: while it is open its event loop runs in this thread, which would make every later
+    test module's ``asyncio.run`` fail."""
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     """Debian's Chromium, headless; its absence fails the tests rather than skipping them."""
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install chromium (./dev test does)"
