@@ -16,6 +16,8 @@ Sans-I/O and stateless apart from the parser's buffer.
   messages). It never raises on its input, resynchronises on the next ``8=FIX``, and holds at
   most about ``max_message_size`` bytes. Every fed byte ends up in exactly one result's
   ``raw`` or is still buffered.
+- ``decode(data)`` parses exactly one whole message (``FixMessage`` or ``Garbled``).
+- ``possdup_parts(raw)`` takes a sent message apart for a PossDup resend.
 - ``FixMessage``: ``fields`` (tag, str value) in wire order, ``raw``, ``msg_type``,
   ``get(tag)`` (first occurrence), ``get_int(tag)``, ``get_all(tag)``, and
   ``groups(count_tag, tags)`` returning one ``FieldGroup`` (same accessors) per group entry;
@@ -324,6 +326,32 @@ class FixParser:
         return FixMessage(
             ((8, BEGIN_STRING), (9, digits.decode()), *fields, (10, checksum.decode())), raw
         )
+
+
+def decode(data: bytes) -> ParseResult:
+    """One whole message (e.g. a stored one); anything else is ``Garbled``."""
+    parser = FixParser(max(len(data), MAX_MESSAGE_SIZE))
+    results = parser.feed(data)
+    if len(results) == 1 and parser.buffered == 0:
+        return results[0]
+    return Garbled("not exactly one message", data)
+
+
+_NOT_REPLAYED = frozenset({8, 9, 10, 35, 49, 56, 34, 52, 43, 97, 122})
+
+
+def possdup_parts(raw: bytes) -> tuple[str, list[Field], list[Field]] | None:
+    """A sent message taken apart for a resend: (MsgType, extra header with 43=Y and
+    122 = its SendingTime, body). None if ``raw`` is not one message."""
+    message = decode(raw)
+    if isinstance(message, Garbled) or message.get(52) is None:
+        return None
+    header: list[Field] = [(43, "Y"), (122, message.get(52) or "")]
+    body: list[Field] = []
+    for tag, value in message.fields:
+        if tag not in _NOT_REPLAYED:
+            (header if tag in HEADER_TAGS else body).append((tag, value))
+    return message.msg_type, header, body
 
 
 _TIMESTAMP = re.compile(r"(\d{8})-(\d{2}):(\d{2}):(\d{2})(?:\.(\d{3}|\d{6}|\d{9}))?")

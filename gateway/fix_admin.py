@@ -1,0 +1,188 @@
+"""Session-level vocabulary of FIX 4.4 for ``gateway.fix_session``: the actions a session
+returns, its configuration, SessionRejectReason, the header checks of an inbound message
+and the messages that answer a ResendRequest."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from gateway.fix_codec import (
+    FIX44_MSG_TYPES,
+    Field,
+    FixMessage,
+    encode,
+    format_utc_timestamp,
+    parse_utc_timestamp,
+    possdup_parts,
+)
+from gateway.fix_store import SessionStore
+
+NS = 1_000_000_000
+
+
+class SessionRejectReason(enum.IntEnum):
+    """SessionRejectReason (373) values of FIX 4.4."""
+
+    INVALID_TAG_NUMBER = 0
+    REQUIRED_TAG_MISSING = 1
+    TAG_NOT_DEFINED_FOR_MESSAGE_TYPE = 2
+    UNDEFINED_TAG = 3
+    TAG_WITHOUT_VALUE = 4
+    VALUE_INCORRECT = 5
+    INCORRECT_DATA_FORMAT = 6
+    COMPID_PROBLEM = 9
+    SENDING_TIME_ACCURACY = 10
+    INVALID_MSG_TYPE = 11
+    TAG_APPEARS_MORE_THAN_ONCE = 13
+    TAG_OUT_OF_ORDER = 14
+    INCORRECT_NUM_IN_GROUP = 16
+    OTHER = 99
+
+
+class Role(enum.Enum):
+    """Which side opened the connection."""
+
+    ACCEPTOR = "acceptor"
+    INITIATOR = "initiator"
+
+
+class State(enum.Enum):
+    """Where the session is in its life."""
+
+    NEW = "new"
+    AWAITING_LOGON = "awaiting logon"
+    ACTIVE = "active"
+    LOGOUT_SENT = "logout sent"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write these bytes to the counterparty."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """An application message (or a session Reject) for the application, in order."""
+
+    message: FixMessage
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedOn:
+    """The logon handshake completed; ``message`` is the counterparty's Logon."""
+
+    message: FixMessage
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedOut:
+    """A logged-on session ended."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """Close the transport (after writing the Sends before this action)."""
+
+    reason: str
+
+
+Action = Send | Deliver | LoggedOn | LoggedOut | Disconnect
+LogonCheck = Callable[[FixMessage], str | None]
+LogonFields = Callable[[str, int], Sequence[Field]]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Tunables. ``heartbeat_s`` is what an initiator proposes; an acceptor accepts
+    proposals within ``heartbeat_range_s``."""
+
+    heartbeat_s: int = 30
+    heartbeat_range_s: tuple[int, int] = (1, 300)
+    sending_time_tolerance_s: int | None = 120
+    logon_timeout_s: int = 10
+    logout_timeout_s: int = 5
+    reset_on_logon: bool = False
+    max_queued: int = 10_000
+    msg_types: frozenset[str] = FIX44_MSG_TYPES
+    autocommit: bool = True
+
+
+class HeaderProblem(NamedTuple):
+    """Why a message is rejected: SessionRejectReason, RefTagID and Text."""
+
+    reason: SessionRejectReason
+    tag: int | None
+    text: str
+
+
+def header_problem(
+    message: FixMessage, *, sender: str, target: str | None, now_ns: int, config: SessionConfig
+) -> HeaderProblem | None:
+    """The first thing wrong with an inbound message's header, MsgType or values
+    (``sender``/``target`` are this side's CompID and the counterparty's)."""
+    reasons = SessionRejectReason
+    for tag in (49, 56, 52):
+        if message.get(tag) is None:
+            return HeaderProblem(reasons.REQUIRED_TAG_MISSING, tag, f"tag {tag} missing")
+    if message.get(49) != target or message.get(56) != sender:
+        return HeaderProblem(reasons.COMPID_PROBLEM, None, "CompID problem")
+    sending_ns = parse_utc_timestamp(message.get(52) or "")
+    if sending_ns is None:
+        return HeaderProblem(reasons.INCORRECT_DATA_FORMAT, 52, "SendingTime not a UTCTimestamp")
+    tolerance = config.sending_time_tolerance_s
+    if tolerance is not None and abs(sending_ns - now_ns) > tolerance * NS:
+        return HeaderProblem(reasons.SENDING_TIME_ACCURACY, 52, "SendingTime accuracy problem")
+    if message.get(43) == "Y":
+        original = message.get(122)
+        if original is None:
+            return HeaderProblem(reasons.REQUIRED_TAG_MISSING, 122, "tag 122 missing")
+        original_ns = parse_utc_timestamp(original)
+        if original_ns is None:
+            return HeaderProblem(reasons.INCORRECT_DATA_FORMAT, 122,
+                                 "OrigSendingTime not a UTCTimestamp")
+        if original_ns > sending_ns:
+            return HeaderProblem(reasons.SENDING_TIME_ACCURACY, 122,
+                                 "OrigSendingTime after SendingTime")
+    if message.msg_type not in config.msg_types:
+        return HeaderProblem(reasons.INVALID_MSG_TYPE, 35, "invalid MsgType")
+    for tag, value in message.fields:
+        if not value:
+            return HeaderProblem(reasons.TAG_WITHOUT_VALUE, tag, f"tag {tag} without a value")
+    return None
+
+
+def resend(
+    store: SessionStore, begin: int, end: int, *, sender: str, target: str, now_ns: int
+) -> list[bytes]:
+    """The answer to ResendRequest(begin, end) (``end`` already capped at the last sent
+    number): stored application messages again with 43=Y, 122 and a fresh 52, the other
+    numbers covered by SequenceReset-GapFill."""
+    now = format_utc_timestamp(now_ns)
+
+    def gap_fill(seq: int, new_seq: int) -> bytes:
+        return encode("4", [(123, "Y"), (36, new_seq)], sender=sender, target=target, seq=seq,
+                      sending_time=now, header=[(43, "Y"), (122, now)])
+
+    out: list[bytes] = []
+    position = begin
+    for seq, raw in store.sent(begin, end):
+        parts = possdup_parts(raw)
+        if parts is None:
+            continue
+        if seq > position:
+            out.append(gap_fill(position, seq))
+        msg_type, header, body = parts
+        out.append(encode(msg_type, body, sender=sender, target=target, seq=seq,
+                          sending_time=now, header=header))
+        position = seq + 1
+    if position <= end:
+        out.append(gap_fill(position, end + 1))
+    return out
