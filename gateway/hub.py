@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 
@@ -108,6 +109,25 @@ class Session:
         self.send(_encode(message).decode())
 
 
+class AccountListener(Protocol):
+    """Something that follows an account's own events as they are released (the FIX
+    acceptor builds its ExecutionReports from them)."""
+
+    def on_account_event(self, event: ExchangeEvent, ts: int) -> None:
+        """One event of the account, in journal order, once durable."""
+
+
+def accounts_of(event: ExchangeEvent) -> tuple[str, ...]:
+    """The accounts whose own orders, fills or money an event is about."""
+    if isinstance(event, Trade):
+        return (event.maker_account, event.taker_account)
+    if isinstance(event, OrderAccepted | OrderRejected | OrderCancelled | OrderAmended
+                  | OrderTriggered | BalanceChanged | PositionChanged | WithdrawalRequested
+                  | CommandRejected):
+        return (event.account,)
+    return ()
+
+
 class Gateway:
     """Sessions, subscriptions, order tracking and fan-out around one sequencer."""
 
@@ -136,6 +156,7 @@ class Gateway:
         it, since a vanished client is what the switch is for."""
         self.next_withdrawal_id = max(self.exchange.withdrawals_seen, default=0) + 1
         self._touched: dict[int, TrackedOrder] = {}
+        self.account_listeners: dict[str, set[AccountListener]] = {}
 
     def _add_book(self, instrument: Instrument) -> None:
         market = self.exchange.markets[instrument.symbol]
@@ -269,8 +290,13 @@ class Gateway:
         listed: list[SymbolBook] = []
         for item in released:
             self._touched.clear()
+            listeners = self.account_listeners
             for event in item.events:
                 self._apply(event, item.ts, private, changed, listed)
+                if listeners:
+                    for account in accounts_of(event):
+                        for listener in listeners.get(account, ()):
+                            listener.on_account_event(event, item.ts)
             waiter = self.waiting.pop(item.seq, None)
             if waiter is not None:
                 self._answer(waiter, item.events)

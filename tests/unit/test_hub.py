@@ -75,6 +75,30 @@ def test_a_cancel_right_after_its_place_waits_for_it(floor: Floor) -> None:
     assert floor.live_orders(ALICE) == {}
 
 
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    def on_account_event(self, event: object, ts: int) -> None:
+        self.events.append(event)
+
+
+def test_account_listeners_get_their_accounts_events_once_durable(floor: Floor) -> None:
+    recorder = Recorder()
+    floor.gateway.account_listeners[ALICE] = {recorder}
+    alice = floor.logged_in(ALICE_KEY, T0)
+    bob = floor.logged_in(BOB_KEY, T0)
+    alice.receive(json.dumps(place_request("bid", qty="2", symbol=FUTURE)), T0)
+    assert recorder.events == []  # not before the journal has it
+    floor.pump()
+    floor.send(bob, place_request("hit", side="sell", qty="1", symbol=FUTURE), T0)
+    kinds = [type(e).__name__ for e in recorder.events]
+    assert kinds[0] == "OrderAccepted" and "Trade" in kinds
+    assert all(getattr(e, "account", ALICE) == ALICE for e in recorder.events
+               if type(e).__name__ != "Trade")
+    assert sum(type(e).__name__ == "OrderAccepted" for e in recorder.events) == 1  # not bob's
+
+
 def test_private_channels_follow_a_fill(floor: Floor) -> None:
     alice = floor.logged_in(ALICE_KEY, T0)
     bob = floor.logged_in(BOB_KEY, T0)
