@@ -133,6 +133,14 @@ class TraderClient:
             await self._ws.close()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    @property
+    def close_status(self) -> tuple[int | None, str] | None:
+        """None while the connection is open (or not yet made); once closed, the close code
+        and reason (code None if the connection dropped without a close frame)."""
+        if self._ws is None or not self._tasks or not self._tasks[0].done():
+            return None
+        return self._ws.close_code, self._ws.close_reason or ""
+
     async def wait_closed(self) -> None:
         """Wait until the server closes the connection."""
         await asyncio.gather(*self._tasks, return_exceptions=True)

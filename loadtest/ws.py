@@ -236,12 +236,16 @@ async def order_worker(job: OrderJob, begin: Begin) -> dict[str, Any]:
     await _schedule(job, traders, start_ns)
     sent_until = time.monotonic_ns()
     deadline = sent_until + int(job.drain_s * 1e9)
-    while any(t.pending for t in traders) and time.monotonic_ns() < deadline:
+    while any(t.pending and t.client.close_status is None for t in traders) and \
+            time.monotonic_ns() < deadline:
         await asyncio.sleep(0.01)
+    closed = Counter(f"{t.client.close_status[0]} {t.client.close_status[1]}".strip()
+                     for t in traders if t.client.close_status is not None)
     for trader in traders:
         await trader.client.close()
     return {"sent": dict(stats.sent), "acked": stats.latencies.count,
-            "errors": dict(stats.errors), "start_ns": start_ns, "sent_until_ns": sent_until,
+            "errors": dict(stats.errors), "closed_by_server": dict(closed),
+            "start_ns": start_ns, "sent_until_ns": sent_until,
             "last_ack_ns": stats.last_ack_ns, "histogram": stats.latencies.encode()}
 
 
@@ -290,10 +294,12 @@ def summarize(outcomes: list[dict[str, Any]], **settings: Any) -> dict[str, Any]
     latencies = Latencies()
     sent: Counter[str] = Counter()
     errors: Counter[str] = Counter()
+    closed: Counter[str] = Counter()
     for outcome in outcomes:
         latencies.add(Latencies(outcome["histogram"]))
         sent.update(outcome["sent"])
         errors.update(outcome["errors"])
+        closed.update(outcome["closed_by_server"])
     start = min(o["start_ns"] for o in outcomes)
     sent_until = max(o["sent_until_ns"] for o in outcomes)
     last_ack = max(o["last_ack_ns"] for o in outcomes)
@@ -303,6 +309,7 @@ def summarize(outcomes: list[dict[str, Any]], **settings: Any) -> dict[str, Any]
         "sent": total_sent, "acked": latencies.count, "lost": total_sent - latencies.count,
         "places": sent["place"], "cancels": sent["cancel"],
         "errors": sum(errors.values()), "error_codes": dict(errors),
+        "connections_closed_by_server": dict(closed),
         "orders_per_s": round(latencies.count / max(1e-9, (last_ack - start) / 1e9)),
         "send_s": round((sent_until - start) / 1e9, 3),
         **latencies.summary(),
@@ -315,7 +322,9 @@ def describe(figures: dict[str, Any]) -> str:
     """One human line for a run."""
     return (f"rate {figures['rate']:,.0f}/s x {figures['duration']}s, {figures['clients']} "
             f"clients: sent {figures['sent']:,} acked {figures['acked']:,} lost "
-            f"{figures['lost']} errors {figures['errors']}; {figures['orders_per_s']:,} "
+            f"{figures['lost']} errors {figures['errors']} connections closed "
+            f"{sum(figures['connections_closed_by_server'].values())}; "
+            f"{figures['orders_per_s']:,} "
             f"orders/s; ack p50 {figures['p50_us'] / 1000:.2f} ms p99 "
             f"{figures['p99_us'] / 1000:.2f} ms p99.9 {figures['p999_us'] / 1000:.2f} ms "
             f"max {figures['max_us'] / 1000:.2f} ms")

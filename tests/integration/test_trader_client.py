@@ -97,8 +97,10 @@ def test_login_with_the_account_key_and_with_a_delegated_api_key(tmp_path: Path)
         assert caught.value.code == "login_failed"
         # a second attempt on the same connection asks for a fresh nonce and succeeds
         assert (await refused.login(KEYS[2])).account == address_of(KEYS[2])
+        assert own.close_status is None
         for client in (own, bot, refused):
             await client.close()
+        assert own.close_status == (1000, "")
 
     run(tmp_path, test)
 
