@@ -132,7 +132,8 @@ class Gateway:
     """Sessions, subscriptions, order tracking and fan-out around one sequencer."""
 
     def __init__(self, sequencer: Sequencer, *, limits: Limits | None = None,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns,
+                 market_data_interval_ns: int = 0) -> None:
         self.sequencer = sequencer
         self.exchange: Exchange = sequencer.exchange
         self.limits = limits or Limits()
@@ -157,6 +158,12 @@ class Gateway:
         self.next_withdrawal_id = max(self.exchange.withdrawals_seen, default=0) + 1
         self._touched: dict[int, TrackedOrder] = {}
         self.account_listeners: dict[str, set[AccountListener]] = {}
+        self.market_data_interval_ns = market_data_interval_ns
+        """0: book, trade and ticker messages go out with each publish; else they wait in
+        ``dirty`` for `flush_market_data`, which the server calls at most this often, so a
+        busy book sends one update per interval however many commands touched it."""
+        self.dirty: dict[str, SymbolBook] = {}
+        self._dirty_ts = 0
 
     def _add_book(self, instrument: Instrument) -> None:
         market = self.exchange.markets[instrument.symbol]
@@ -301,8 +308,12 @@ class Gateway:
             if waiter is not None:
                 self._answer(waiter, item.events)
         ts = released[-1].ts
-        for book in changed.values():
-            self._publish_book(book, ts)
+        if self.market_data_interval_ns:
+            self.dirty.update(changed)
+            self._dirty_ts = ts
+        else:
+            for book in changed.values():
+                self._publish_book(book, ts)
         if listed:
             message = _encode(InstrumentsMessage(
                 "instruments", "update", [self._instrument_view(b) for b in listed])).decode()
@@ -398,6 +409,12 @@ class Gateway:
                 return None
             items = private[(account, channel)] = []
         return items
+
+    def flush_market_data(self) -> None:
+        """Publish what changed in the books since the last flush."""
+        dirty, self.dirty = self.dirty, {}
+        for book in dirty.values():
+            self._publish_book(book, self._dirty_ts)
 
     def _publish_book(self, book: SymbolBook, ts: int) -> None:
         symbol = book.symbol

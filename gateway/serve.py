@@ -32,6 +32,8 @@ from gateway.server import ExchangeServer
 log = logging.getLogger("cmx.serve")
 
 DEFAULT_DATA_DIR = Path("cmx-data")
+MARKET_DATA_MS = 10
+"""Default interval of book, trade and ticker messages (see `Gateway.flush_market_data`)."""
 
 
 def register(commands: Any) -> None:
@@ -64,6 +66,9 @@ def register(commands: Any) -> None:
     parser.add_argument("--listing-date", type=date.fromisoformat, default=None,
                         help="list the instruments of a NEW data directory from this date "
                         "(default today, UTC)")
+    parser.add_argument("--market-data-ms", type=int, default=MARKET_DATA_MS,
+                        help="send book, trade and ticker changes at most this often, "
+                        f"coalesced (default {MARKET_DATA_MS}; 0 = after every command)")
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(handler=_serve)
 
@@ -90,9 +95,9 @@ def open_sequencer(data_dir: Path, *, redis_url: str | None = None,
 
 
 async def run(sequencer: Sequencer, host: str, port: int, *, demo: bool,
-              stop: asyncio.Event) -> None:
+              stop: asyncio.Event, market_data_ms: int = MARKET_DATA_MS) -> None:
     """Serve until ``stop`` is set."""
-    gateway = Gateway(sequencer)
+    gateway = Gateway(sequencer, market_data_interval_ns=market_data_ms * 1_000_000)
     server = ExchangeServer(gateway, host=host, port=port)
     await server.start()
     log.info("CMX listening on http://%s:%d/ (websocket API on the same port), command %d",
@@ -130,7 +135,8 @@ def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await run(sequencer, args.host, args.port, demo=args.demo, stop=stop)
+        await run(sequencer, args.host, args.port, demo=args.demo, stop=stop,
+                  market_data_ms=args.market_data_ms)
 
     try:
         asyncio.run(main())

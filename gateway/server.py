@@ -19,10 +19,11 @@ from importlib.resources import files
 from typing import Any
 
 import msgspec
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from engine.journal import FileJournal
 from gateway.hub import Gateway
@@ -31,6 +32,7 @@ from gateway.session import ClientSession
 log = logging.getLogger(__name__)
 
 MAX_FRAME = 64 * 1024
+DIRECT_WRITE_LIMIT = 256 * 1024  # bytes waiting in a socket's buffer past which we queue
 TICK_S = 0.1
 STATIC = files("gateway") / "static"
 
@@ -49,6 +51,7 @@ class ExchangeServer:
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pump_due = False
+        self._flush_due = False
         self._ticker: asyncio.Task[None] | None = None
         self.connections: set[ServerConnection] = set()
 
@@ -66,7 +69,7 @@ class ExchangeServer:
         self._server = await serve(self._connection, self.host, self.port,
                                    process_request=self._http, max_size=MAX_FRAME,
                                    max_queue=64, compression=None, ping_interval=20,
-                                   ping_timeout=20, server_header="CMX")
+                                   ping_timeout=60, server_header="CMX")
         self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else \
             self.port
         self._ticker = asyncio.create_task(self._tick_loop())
@@ -102,10 +105,18 @@ class ExchangeServer:
         self._release()
 
     def _release(self) -> None:
-        self.gateway.publish(self.gateway.sequencer.release())
+        gateway = self.gateway
+        gateway.publish(gateway.sequencer.release())
+        if gateway.dirty and not self._flush_due and self._loop is not None:
+            self._flush_due = True
+            self._loop.call_later(gateway.market_data_interval_ns / 1e9, self._flush)
         journal = self.gateway.sequencer.journal
         if journal.last_seq > journal.durable_seq:  # publishing submitted more (deferred
             self.pump()                              # cancels, cancel-on-disconnect)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        self.gateway.flush_market_data()
 
     async def _tick_loop(self) -> None:
         while True:
@@ -123,6 +134,7 @@ class ExchangeServer:
         session = ClientSession(self.gateway, self.clock())
         wake = asyncio.Event()
         session.wakeup = wake.set
+        session.direct = lambda payload: _write_now(connection, payload)
         wake.set()  # the welcome is already queued
         writer = asyncio.create_task(self._write(connection, session, wake))
         self.connections.add(connection)
@@ -149,7 +161,9 @@ class ExchangeServer:
                 await wake.wait()
                 wake.clear()
                 while (frame := session.pop()) is not None:
+                    session.writing = True
                     await connection.send(frame)
+                    session.writing = False
                 if session.close_reason is not None:
                     code, reason = session.close_reason
                     await connection.close(code, reason)
@@ -187,6 +201,18 @@ class ExchangeServer:
         if self._status is not None:
             status.update(self._status())
         return status
+
+
+def _write_now(connection: ServerConnection, payload: str) -> bool:
+    """Write a message without waiting, unless the socket is backed up (the session then
+    queues it, and its outbox limits and conflation apply). One encoded message shared by
+    many subscribers is thus written to each at the cost of framing it, with no task switch."""
+    transport = connection.transport
+    if connection.protocol.state is not State.OPEN or \
+            transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT:
+        return False
+    broadcast((connection,), payload)
+    return True
 
 
 def _response(status: HTTPStatus, content_type: str, body: bytes) -> Response:

@@ -9,66 +9,23 @@ past ``outbox_soft`` queued messages its book updates are conflated into fresh s
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable
 
 import msgspec
 
-from engine.commands import AmendOrder, CancelAll, CancelOrder, PlaceOrder, RequestWithdrawal
-from engine.instruments import InstrumentError
-from engine.messages import OrderType, SelfTradePrevention, Side, TimeInForce
-from gateway import api
+from gateway import api, order_entry
 from gateway.api import Channel, ErrorCode
 from gateway.auth import LoginError, Nonce, verify_login
-from gateway.hub import Gateway, Session, Waiter
+from gateway.hub import Gateway, Session
 from gateway.market_data import SymbolBook
-from gateway.orders import TrackedOrder
+from gateway.order_entry import RequestError
 from gateway.rate_limit import TokenBucket
 
 CLOSE_POLICY = 1008  # websocket close code: policy violation
 CLOSE_TRY_AGAIN = 1013
 
-_SIDES = {api.OrderSide.BUY: Side.BUY, api.OrderSide.SELL: Side.SELL}
-_TYPES = {api.OrderKind.LIMIT: OrderType.LIMIT, api.OrderKind.MARKET: OrderType.MARKET,
-          api.OrderKind.STOP_LIMIT: OrderType.STOP_LIMIT,
-          api.OrderKind.STOP_MARKET: OrderType.STOP_MARKET}
-_TIFS = {api.OrderTif.GTC: TimeInForce.GTC, api.OrderTif.IOC: TimeInForce.IOC,
-         api.OrderTif.FOK: TimeInForce.FOK, api.OrderTif.GTD: TimeInForce.GTD}
-_STPS = {api.Stp.CANCEL_NEWEST: SelfTradePrevention.CANCEL_NEWEST,
-         api.Stp.CANCEL_OLDEST: SelfTradePrevention.CANCEL_OLDEST,
-         api.Stp.CANCEL_BOTH: SelfTradePrevention.CANCEL_BOTH,
-         api.Stp.DECREMENT: SelfTradePrevention.DECREMENT}
-_USDC = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,6})?$")
 _ORDER_OPS = (api.Place, api.Cancel, api.Amend, api.MassCancel, api.Withdraw)
-
-
-class RequestError(Exception):
-    """A request refused before it reached the engine."""
-
-    def __init__(self, code: str, msg: str) -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
-
-
-def parse_usdc(text: str) -> int:
-    """A positive USDC amount (up to 6 decimals) as micro-USDC."""
-    if not _USDC.fullmatch(text):
-        raise RequestError(ErrorCode.INVALID_AMOUNT,
-                           f"amount {text!r} is not a plain decimal with at most 6 places")
-    whole, _, fraction = text.partition(".")
-    micro = int(whole) * 1_000_000 + int(fraction.ljust(6, "0") or "0")
-    if micro <= 0:
-        raise RequestError(ErrorCode.INVALID_AMOUNT, "amount must be positive")
-    return micro
-
-
-def _convert(convert: Callable[[str], int], text: str) -> int:
-    try:
-        return convert(text)
-    except InstrumentError as exc:
-        raise RequestError(exc.code.value.lower(), str(exc)) from None
 
 
 class ClientSession(Session):
@@ -85,6 +42,10 @@ class ClientSession(Session):
         self.books: dict[str, int] = {}  # subscribed symbol -> depth
         self.outbox: deque[tuple[str | None, str]] = deque()
         self.wakeup: Callable[[], None] = lambda: None
+        self.direct: Callable[[str], bool] | None = None
+        """Set by the server: write a message to the socket at once if nothing is queued
+        and the socket takes it without blocking (returns False otherwise)."""
+        self.writing = False  # the server's writer holds a message it has not written yet
         self.close_reason: tuple[int, str] | None = None
         self.nonce = Nonce(now_ns)
         self.last_sent_ns = now_ns
@@ -101,6 +62,10 @@ class ClientSession(Session):
     def send(self, payload: str, book_symbol: str | None = None) -> None:
         """Queue a message; conflate or give up on a reader that is too far behind."""
         if self.close_reason is not None:
+            return
+        if not self.outbox and not self.writing and self.direct is not None and \
+                self.direct(payload):
+            self.last_sent_ns = self.now_ns
             return
         self.outbox.append((book_symbol, payload))
         if len(self.outbox) > self.limits.outbox_soft:
@@ -178,11 +143,11 @@ class ClientSession(Session):
 
     def _dispatch(self, request: api.ClientRequest, now_ns: int) -> None:
         if isinstance(request, api.Place):
-            self._place(request, now_ns)
+            order_entry.place(self.gateway, self, self._account(now_ns), request)
         elif isinstance(request, api.Cancel):
-            self._cancel(request, now_ns)
+            order_entry.cancel(self.gateway, self, self._account(now_ns), request)
         elif isinstance(request, api.Amend):
-            self._amend(request, now_ns)
+            order_entry.amend(self.gateway, self, self._account(now_ns), request)
         elif isinstance(request, api.Subscribe):
             self._subscribe(request)
         elif isinstance(request, api.Unsubscribe):
@@ -202,12 +167,7 @@ class ClientSession(Session):
         elif isinstance(request, api.Login):
             self._login(request, now_ns)
         elif isinstance(request, api.MassCancel):
-            account = self._account(now_ns)
-            if request.symbol is not None:
-                self._book(request.symbol)
-            side = _SIDES[request.side] if request.side is not None else None
-            self.gateway.submit(CancelAll(account, request.symbol, side),
-                                Waiter(self, request.id, "mass_cancel", account))
+            order_entry.mass_cancel(self.gateway, self, self._account(now_ns), request)
         elif isinstance(request, api.CancelAllAfter):
             account = self._account(None)
             deadline = now_ns + request.timeout_ms * 1_000_000 if request.timeout_ms else 0
@@ -216,13 +176,7 @@ class ClientSession(Session):
                                              str(deadline) if deadline else ""))
         else:
             assert isinstance(request, api.Withdraw)
-            account = self._account(now_ns)
-            amount = parse_usdc(request.amount)
-            gateway = self.gateway
-            withdrawal_id = gateway.next_withdrawal_id
-            gateway.next_withdrawal_id += 1
-            gateway.submit(RequestWithdrawal(withdrawal_id, account, amount),
-                           Waiter(self, request.id, "withdraw", account))
+            order_entry.withdraw(self.gateway, self, self._account(now_ns), request)
 
     def _account(self, now_ns: int | None) -> str:
         """The logged-in account, after the account-wide rate limit for order ops."""
@@ -233,10 +187,7 @@ class ClientSession(Session):
         return self.account
 
     def _book(self, symbol: str) -> SymbolBook:
-        book = self.gateway.books.get(symbol)
-        if book is None:
-            raise RequestError(ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {symbol!r}")
-        return book
+        return order_entry.book_of(self.gateway, symbol)
 
     def _login(self, request: api.Login, now_ns: int) -> None:
         if self.account is not None:
@@ -260,95 +211,6 @@ class ClientSession(Session):
         self.cancel_on_disconnect = request.cancel_on_disconnect
         self.gateway.login(self, self.account)
         self.reply(api.LoggedIn(request.id, self.account, key, self.cancel_on_disconnect))
-
-    def _place(self, request: api.Place, now_ns: int) -> None:
-        account = self._account(now_ns)
-        gateway = self.gateway
-        existing = gateway.tracker.find(account, None, request.cl_ord_id)
-        if existing is not None:  # idempotent: the live order, not a second one
-            self.reply(api.OrderReply(request.id, "place",
-                                      existing.view(gateway.books[existing.symbol])))
-            return
-        inflight = gateway.inflight.get((account, request.cl_ord_id))
-        if inflight is not None:
-            inflight.duplicates.append((self, request.id))
-            return
-        book = self._book(request.symbol)
-        order_type = _TYPES[request.type]
-        needs_price = order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
-        needs_stop = order_type in (OrderType.STOP_LIMIT, OrderType.STOP_MARKET)
-        if needs_price != (request.price is not None):
-            raise RequestError(ErrorCode.INVALID_REQUEST,
-                               f"{request.type} orders {'need' if needs_price else 'take no'} "
-                               "price")
-        if needs_stop != (request.stop_price is not None):
-            raise RequestError(ErrorCode.INVALID_REQUEST,
-                               f"{request.type} orders {'need' if needs_stop else 'take no'} "
-                               "stop_price")
-        command = PlaceOrder(
-            account, book.symbol, _SIDES[request.side],
-            _convert(book.lots, request.qty),
-            _convert(book.ticks, request.price) if request.price is not None else 0,
-            order_type, _TIFS[request.tif], request.post_only,
-            _convert(book.lots, request.display_qty)
-            if request.display_qty is not None else 0,
-            _convert(book.ticks, request.stop_price)
-            if request.stop_price is not None else 0,
-            request.expire_ts, _STPS[request.stp], request.cl_ord_id,
-        )
-        gateway.submit(command, Waiter(self, request.id, "place", account,
-                                       cl_ord_id=request.cl_ord_id))
-
-    def _cancel(self, request: api.Cancel, now_ns: int) -> None:
-        account = self._account(now_ns)
-
-        def cancel(order: TrackedOrder) -> None:
-            self.gateway.submit(CancelOrder(account, order.symbol, order.order_id),
-                                Waiter(self, request.id, "cancel", account, order.order_id))
-
-        self._with_order(account, request.id, request.order_id, request.cl_ord_id, cancel)
-
-    def _amend(self, request: api.Amend, now_ns: int) -> None:
-        account = self._account(now_ns)
-        if request.price is None and request.qty is None:
-            raise RequestError(ErrorCode.INVALID_REQUEST, "amend needs price or qty")
-
-        def amend(order: TrackedOrder) -> None:
-            book = self._book(order.symbol)
-            price = _convert(book.ticks, request.price) if request.price is not None \
-                else order.price
-            qty = _convert(book.lots, request.qty) if request.qty is not None \
-                else order.remaining
-            self.gateway.submit(AmendOrder(account, order.symbol, order.order_id, price, qty),
-                                Waiter(self, request.id, "amend", account, order.order_id))
-
-        self._with_order(account, request.id, request.order_id, request.cl_ord_id, amend)
-
-    def _with_order(self, account: str, request_id: api.RequestId, order_id: int | None,
-                    cl_ord_id: str | None, act: Callable[[TrackedOrder], None]) -> None:
-        """Run ``act`` on the account's live order; for an order whose place is still on its
-        way to the journal (named by ``cl_ord_id``), run it once the place is answered, so a
-        cancel sent right after a place is not refused for arriving first."""
-        if (order_id is None) == (cl_ord_id is None):
-            raise RequestError(ErrorCode.INVALID_REQUEST, "give order_id or cl_ord_id")
-        order = self.gateway.tracker.find(account, order_id, cl_ord_id)
-        if order is not None:
-            act(order)
-            return
-        placing = self.gateway.inflight.get((account, cl_ord_id)) if cl_ord_id else None
-        if placing is None:
-            raise RequestError(ErrorCode.UNKNOWN_ORDER, "no such live order of this account")
-
-        def when_placed(placed: TrackedOrder | None) -> None:
-            try:
-                if placed is None or not placed.live:
-                    raise RequestError(ErrorCode.UNKNOWN_ORDER,
-                                       "no such live order of this account")
-                act(placed)
-            except RequestError as exc:
-                self.error(request_id, exc.code, exc.msg)
-
-        placing.then.append(when_placed)
 
     # --- subscriptions ----------------------------------------------------------------------
 

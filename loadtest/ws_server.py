@@ -26,7 +26,7 @@ from types import TracebackType
 from engine.commands import CreditDeposit, SetCapacity
 from gateway.auth import address_of
 from gateway.hub import Gateway
-from gateway.serve import open_sequencer
+from gateway.serve import MARKET_DATA_MS, open_sequencer
 from gateway.server import ExchangeServer
 
 DEPOSIT_MICRO_USDC = 10_000_000 * 1_000_000
@@ -42,7 +42,7 @@ def load_key(index: int) -> str:
 async def serve(data_dir: Path, port: int, accounts: int) -> None:
     """Fund the load accounts, listen, report the port on stdout, serve until SIGTERM."""
     sequencer = open_sequencer(data_dir)
-    gateway = Gateway(sequencer)
+    gateway = Gateway(sequencer, market_data_interval_ns=MARKET_DATA_MS * 1_000_000)
     server = ExchangeServer(gateway, port=port)
     await server.start()
     for index in range(accounts):

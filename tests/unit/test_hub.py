@@ -162,6 +162,25 @@ def test_a_book_view_cut_to_its_depth_brings_in_the_next_level(floor: Floor) -> 
     assert update["checksum"] == book_checksum(top, [])
 
 
+def test_market_data_coalesces_between_flushes(tmp_path: Path) -> None:
+    floor = Floor(tmp_path)
+    floor.gateway.market_data_interval_ns = 10_000_000
+    floor.fund(ALICE)
+    watcher = floor.session(T0)
+    watcher.drain()
+    subscribe(floor, watcher, channel="book", symbols=[SPOT])
+    alice = floor.logged_in(ALICE_KEY, T0)
+    floor.send(alice, place_request("a", price="2.300"), T0)
+    floor.send(alice, place_request("b", price="2.301"), T0)
+    assert not channel(decode(watcher.drain()), "book")  # held until the flush
+    floor.gateway.flush_market_data()
+    [update] = channel(decode(watcher.drain()), "book")
+    assert (update["seq"], sorted(update["bids"])) == (1, [["2.300", "1"], ["2.301", "1"]])
+    floor.gateway.flush_market_data()
+    assert not decode(watcher.drain())  # nothing changed since
+    floor.close()
+
+
 def test_the_index_survives_a_restart(tmp_path: Path) -> None:
     floor = Floor(tmp_path)
     floor.gateway.submit(IndexFix("GPU.H100", 20261130, 2_450_000))
