@@ -113,8 +113,9 @@ class AccountListener(Protocol):
     """Something that follows an account's own events as they are released (the FIX
     acceptor builds its ExecutionReports from them)."""
 
-    def on_account_event(self, event: ExchangeEvent, ts: int) -> None:
-        """One event of the account, in journal order, once durable."""
+    def on_account_event(self, event: ExchangeEvent, seq: int, index: int, ts: int) -> None:
+        """One event of the account, once durable: the ``index``-th event of command
+        ``seq`` (together unique for ever), stamped ``ts``."""
 
 
 def accounts_of(event: ExchangeEvent) -> tuple[str, ...]:
@@ -298,12 +299,12 @@ class Gateway:
         for item in released:
             self._touched.clear()
             listeners = self.account_listeners
-            for event in item.events:
+            for index, event in enumerate(item.events):
                 self._apply(event, item.ts, private, changed, listed)
                 if listeners:
                     for account in accounts_of(event):
                         for listener in listeners.get(account, ()):
-                            listener.on_account_event(event, item.ts)
+                            listener.on_account_event(event, item.seq, index, item.ts)
             waiter = self.waiting.pop(item.seq, None)
             if waiter is not None:
                 self._answer(waiter, item.events)

@@ -26,6 +26,9 @@ from engine.redis_journal import RedisStreamJournal
 from engine.registry import Registry
 from engine.sequencer import Sequencer
 from engine.snapshots import SnapshotCorrupt
+from gateway.fix_app import EXCHANGE_COMP_ID, FixAcceptor
+from gateway.fix_server import FixServer
+from gateway.fix_store import StoreOpener, file_stores, redis_stores
 from gateway.hub import Gateway
 from gateway.server import ExchangeServer
 
@@ -50,6 +53,11 @@ def register(commands: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default "
                         "127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="listen port (default 8765)")
+    parser.add_argument("--fix-port", type=int, default=9878,
+                        help="FIX 4.4 acceptor port (default 9878; -1 = no FIX acceptor)")
+    parser.add_argument("--fix-cancel-on-disconnect", action="store_true",
+                        help="cancel a FIX session's orders when it disconnects (a Logon's "
+                        "8013=Y/N overrides)")
     parser.add_argument("--demo", action="store_true",
                         help="fund the development accounts and run simulated market makers "
                         "and takers (development only)")
@@ -95,13 +103,22 @@ def open_sequencer(data_dir: Path, *, redis_url: str | None = None,
 
 
 async def run(sequencer: Sequencer, host: str, port: int, *, demo: bool,
-              stop: asyncio.Event, market_data_ms: int = MARKET_DATA_MS) -> None:
+              stop: asyncio.Event, market_data_ms: int = MARKET_DATA_MS,
+              fix_port: int = -1, fix_stores: StoreOpener | None = None,
+              fix_cancel_on_disconnect: bool = False) -> None:
     """Serve until ``stop`` is set."""
     gateway = Gateway(sequencer, market_data_interval_ns=market_data_ms * 1_000_000)
     server = ExchangeServer(gateway, host=host, port=port)
     await server.start()
     log.info("CMX listening on http://%s:%d/ (websocket API on the same port), command %d",
              host, server.port, sequencer.exchange.last_seq)
+    fix = None
+    if fix_port >= 0 and fix_stores is not None:
+        acceptor = FixAcceptor(gateway, fix_stores,
+                               cancel_on_disconnect=fix_cancel_on_disconnect)
+        fix = FixServer(acceptor, server.pump, host=host, port=fix_port)
+        await fix.start()
+        log.info("FIX 4.4 acceptor (CompID %s) on %s:%d", EXCHANGE_COMP_ID, host, fix.port)
     demo_task = None
     if demo:
         from gateway.demo import run_demo  # noqa: PLC0415 (only the demo needs it)
@@ -114,6 +131,8 @@ async def run(sequencer: Sequencer, host: str, port: int, *, demo: bool,
             demo_task.cancel()
             with suppress(asyncio.CancelledError):
                 await demo_task
+        if fix is not None:
+            await fix.stop()
         await server.stop()
 
 
@@ -135,8 +154,13 @@ def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        if args.redis_url is not None:
+            stores = redis_stores(redis.Redis.from_url(args.redis_url))
+        else:
+            stores = file_stores(args.data_dir / "fix")
         await run(sequencer, args.host, args.port, demo=args.demo, stop=stop,
-                  market_data_ms=args.market_data_ms)
+                  market_data_ms=args.market_data_ms, fix_port=args.fix_port,
+                  fix_stores=stores, fix_cancel_on_disconnect=args.fix_cancel_on_disconnect)
 
     try:
         asyncio.run(main())

@@ -79,7 +79,7 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[object] = []
 
-    def on_account_event(self, event: object, ts: int) -> None:
+    def on_account_event(self, event: object, seq: int, index: int, ts: int) -> None:
         self.events.append(event)
 
 
