@@ -13,7 +13,7 @@ from gateway.auth import address_of, sign_text
 from gateway.fix_app import FixAcceptor
 from gateway.fix_codec import Field, FixMessage
 from gateway.fix_server import FixServer
-from gateway.fix_session import Deliver, Disconnect, FixSession, LoggedOn, Send
+from gateway.fix_session import Action, Deliver, Disconnect, FixSession, LoggedOn, Send
 from gateway.fix_store import MemoryStore, file_stores
 from gateway.hub import Gateway
 from gateway.serve import open_sequencer
@@ -52,7 +52,7 @@ class Initiator:
             self._carry(self.session.on_bytes(data, time.time_ns()))
         self.disconnected.set()
 
-    def _carry(self, actions: list[object]) -> None:
+    def _carry(self, actions: list[Action]) -> None:
         assert self._writer is not None
         for action in actions:
             if isinstance(action, Send):
