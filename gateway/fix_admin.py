@@ -5,6 +5,7 @@ and the messages that answer a ResendRequest."""
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -115,6 +116,9 @@ class SessionConfig:
     autocommit: bool = True
 
 
+_EMPTY_VALUE = re.compile(rb"\x01([0-9]+)=\x01")
+
+
 class HeaderProblem(NamedTuple):
     """Why a message is rejected: SessionRejectReason, RefTagID and Text."""
 
@@ -153,9 +157,32 @@ def header_problem(
                                  "OrigSendingTime after SendingTime")
     if message.msg_type not in config.msg_types:
         return HeaderProblem(reasons.INVALID_MSG_TYPE, 35, "invalid MsgType")
-    for tag, value in message.fields:
-        if not value:
-            return HeaderProblem(reasons.TAG_WITHOUT_VALUE, tag, f"tag {tag} without a value")
+    empty = _EMPTY_VALUE.search(message.raw)
+    if empty is not None:
+        tag = int(empty.group(1))
+        return HeaderProblem(reasons.TAG_WITHOUT_VALUE, tag, f"tag {tag} without a value")
+    return None
+
+
+def logon_problem(
+    message: FixMessage, *, acceptor: bool, now_ns: int, config: SessionConfig
+) -> str | None:
+    """Why a Logon (or an acceptor's answer to ours) cannot be taken, besides CompIDs and
+    authentication: MsgSeqNum, HeartBtInt (bounded for an acceptor), EncryptMethod 0 and
+    SendingTime within the tolerance."""
+    if message.get_int(34) is None:
+        return "MsgSeqNum missing or not a number"
+    heart_bt_int = message.get_int(108)
+    low, high = config.heartbeat_range_s
+    if heart_bt_int is None or (acceptor and not low <= heart_bt_int <= high):
+        return f"HeartBtInt (108) must be {low} to {high}"
+    if message.get(98) != "0":
+        return "EncryptMethod (98) must be 0"
+    sending_ns = parse_utc_timestamp(message.get(52) or "")
+    tolerance = config.sending_time_tolerance_s
+    if sending_ns is None or (tolerance is not None
+                              and abs(sending_ns - now_ns) > tolerance * NS):
+        return "SendingTime accuracy problem"
     return None
 
 

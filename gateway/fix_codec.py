@@ -28,7 +28,9 @@ Sans-I/O and stateless apart from the parser's buffer.
 
 from __future__ import annotations
 
+import functools
 import re
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,10 +81,7 @@ class FieldGroup:
 
     def __init__(self, fields: tuple[tuple[int, str], ...]) -> None:
         self.fields = fields
-        first: dict[int, str] = {}
-        for tag, value in fields:
-            first.setdefault(tag, value)
-        self._first = first
+        self._first = dict(reversed(fields))  # the first occurrence of a tag wins
 
     def get(self, tag: int) -> str | None:
         """The first value of ``tag``, or None."""
@@ -171,28 +170,27 @@ def _is_int(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _value_bytes(value: FieldValue) -> bytes:
-    if isinstance(value, bytes):
-        data = value
-    elif isinstance(value, int):
-        data = str(value).encode()
-    else:
-        data = value.encode("utf-8", "surrogateescape")
-    if not data or SOH in data:
-        raise ValueError(f"a FIX field value may not be empty or hold SOH: {value!r}")
-    return data
+def _text(value: FieldValue) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
 def encode_fields(fields: Iterable[Field]) -> bytes:
     """Tag=value<SOH> for each field, no framing."""
-    return b"".join(b"%d=%s\x01" % (tag, _value_bytes(value)) for tag, value in fields)
+    parts = [f"{tag}={_text(value)}\x01" for tag, value in fields]
+    text = "".join(parts)
+    # One SOH per field and no "tag=<SOH>": no value held SOH or was empty.
+    if text.count("\x01") != len(parts) or (
+        "=\x01" in text and any(part.endswith("=\x01") and part.count("=") == 1
+                                for part in parts)
+    ):
+        raise ValueError(f"a FIX field value may not be empty or hold SOH: {text!r}")
+    return text.encode("utf-8", "surrogateescape")
 
 
 def frame(body: bytes) -> bytes:
     """Wrap the fields from 35 on (``body``, ending in SOH) with 8, 9 and 10."""
-    head = b"8=FIX.4.4\x019=%d\x01" % len(body)
-    checksum = (sum(head) + sum(body)) % 256
-    return b"%s%s10=%03d\x01" % (head, body, checksum)
+    message = b"8=FIX.4.4\x019=%d\x01%s" % (len(body), body)
+    return b"%s10=%03d\x01" % (message, checksum_of(message))
 
 
 def encode(
@@ -221,19 +219,25 @@ def group_fields(count_tag: int, entries: Sequence[Sequence[Field]]) -> list[Fie
 
 
 def checksum_of(data: bytes) -> int:
-    """FIX CheckSum of the bytes before ``10=``."""
-    return sum(data) % 256
+    """FIX CheckSum of the bytes before ``10=``: their sum mod 256. Adler-32's first half
+    is 1 + the byte sum, exact for chunks of up to 256 bytes, and runs in C."""
+    total = 0
+    for start in range(0, len(data), 256):
+        total += (zlib.adler32(data[start:start + 256]) & 0xFFFF) - 1
+    return total % 256
+
+
+# A field starts at an SOH (the body is given a leading one); its value runs to the next SOH.
+_FIELD = re.compile(r"\x01([1-9][0-9]{0,8})=([^\x01]*)")
 
 
 def _split_fields(data: bytes) -> tuple[tuple[int, str], ...] | None:
     """Fields of ``data`` (which ends in SOH), or None if one is not ``tag=value``."""
-    fields: list[tuple[int, str]] = []
-    for part in data[:-1].split(SOH):
-        tag, sep, value = part.partition(b"=")
-        if not sep or not tag.isdigit() or tag[0] == 0x30 or len(tag) > 9:
-            return None
-        fields.append((int(tag), value.decode("utf-8", "surrogateescape")))
-    return tuple(fields)
+    text = "\x01" + data.decode("utf-8", "surrogateescape")
+    pairs = _FIELD.findall(text)
+    if len(pairs) != text.count("\x01") - 1:
+        return None
+    return tuple([(int(tag), value) for tag, value in pairs])
 
 
 class FixParser:
@@ -313,7 +317,7 @@ class FixParser:
                 or buffer[total - 1] != 1):
             return self._drop("BodyLength disagrees with the message")
         checksum = bytes(buffer[body_end + 3:total - 1])
-        if not checksum.isdigit() or int(checksum) != sum(buffer[:body_end]) % 256:
+        if not checksum.isdigit() or int(checksum) != checksum_of(bytes(buffer[:body_end])):
             return self._drop("CheckSum mismatch")
         body = bytes(buffer[body_start:body_end])
         if not body.startswith(b"35="):
@@ -354,27 +358,47 @@ def possdup_parts(raw: bytes) -> tuple[str, list[Field], list[Field]] | None:
     return message.msg_type, header, body
 
 
-_TIMESTAMP = re.compile(r"(\d{8})-(\d{2}):(\d{2}):(\d{2})(?:\.(\d{3}|\d{6}|\d{9}))?")
+_SECOND = re.compile(r"([0-9]{8})-([0-9]{2}):([0-9]{2}):([0-9]{2})")
+_NS = 1_000_000_000
+
+
+@functools.lru_cache(maxsize=8)
+def _second_text(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y%m%d-%H:%M:%S")
+
+
+@functools.lru_cache(maxsize=256)
+def _second_ns(text: str) -> int | None:
+    """``YYYYMMDD-HH:MM:SS`` as ns since the epoch (seconds may be 60, a leap second)."""
+    match = _SECOND.fullmatch(text)
+    if match is None:
+        return None
+    date, hour, minute, second = match.groups()
+    try:
+        day = datetime.strptime(date, "%Y%m%d").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    hours, minutes, seconds = int(hour), int(minute), int(second)
+    if hours > 23 or minutes > 59 or seconds > 60:
+        return None
+    return (int(day.timestamp()) + (hours * 60 + minutes) * 60 + seconds) * _NS
 
 
 def format_utc_timestamp(ns: int) -> str:
     """UTCTimestamp with milliseconds, e.g. ``20270105-14:03:07.123``."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.strftime("%Y%m%d-%H:%M:%S") + f".{rest // 1_000_000:03d}"
+    seconds, rest = divmod(ns, _NS)
+    return f"{_second_text(seconds)}.{rest // 1_000_000:03d}"
 
 
 def parse_utc_timestamp(text: str) -> int | None:
-    """Nanoseconds since the epoch of a UTCTimestamp, or None if it is not one."""
-    match = _TIMESTAMP.fullmatch(text)
-    if match is None:
+    """Nanoseconds since the epoch of a UTCTimestamp, or None if it is not one; with no
+    fraction or with 3, 6 or 9 digits of it."""
+    if len(text) not in (17, 21, 24, 27):
         return None
-    date, hour, minute, second, fraction = match.groups()
-    try:
-        moment = datetime.strptime(f"{date}{hour}{minute}{second}", "%Y%m%d%H%M%S")
-    except ValueError:
+    second_ns = _second_ns(text[:17])
+    if second_ns is None or len(text) == 17:
+        return second_ns
+    fraction = text[18:]
+    if text[17] != "." or not (fraction.isascii() and fraction.isdigit()):
         return None
-    ns = int(moment.replace(tzinfo=UTC).timestamp()) * 1_000_000_000
-    if fraction:
-        ns += int(fraction.ljust(9, "0"))
-    return ns
+    return second_ns + int(fraction.ljust(9, "0"))

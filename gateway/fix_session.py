@@ -61,6 +61,7 @@ from gateway.fix_admin import (
     SessionRejectReason,
     State,
     header_problem,
+    logon_problem,
     resend,
 )
 from gateway.fix_codec import (
@@ -71,7 +72,6 @@ from gateway.fix_codec import (
     Garbled,
     encode,
     format_utc_timestamp,
-    parse_utc_timestamp,
 )
 from gateway.fix_store import SessionStore, StoreOpener, is_valid_comp_id
 
@@ -197,6 +197,7 @@ class FixSession:
                     self.garbled += 1
                     continue
                 self._last_recv = now_ns
+                self._test_request = None  # any message shows the counterparty is alive
                 self._on_message(result)
         return self._finish()
 
@@ -443,10 +444,7 @@ class FixSession:
             self._on_logout(message)
             return
         self._advance()
-        if msg_type == "0":
-            if message.get(112) == self._test_request:
-                self._test_request = None
-        elif msg_type == "1":
+        if msg_type == "1":
             test_id = message.get(112)
             if test_id is None:
                 self._reject(message, SessionRejectReason.REQUIRED_TAG_MISSING, 112,
@@ -459,7 +457,7 @@ class FixSession:
         elif msg_type == "A":
             if message is not self._logon:
                 self._logout_and_close("Logon while logged on")
-        else:
+        elif msg_type != "0":  # a Heartbeat has done its work by arriving
             self._out.append(Deliver(message))
 
     def _on_logon(self, message: FixMessage) -> None:
@@ -499,20 +497,10 @@ class FixSession:
             self.target_comp_id = sender
         if sender != self.target_comp_id or target != self.sender_comp_id:
             return "CompID problem"
-        if message.get_int(34) is None:
-            return "MsgSeqNum missing or not a number"
-        heart_bt_int = message.get_int(108)
-        low, high = self.config.heartbeat_range_s
-        if heart_bt_int is None or (self.role is Role.ACCEPTOR
-                                    and not low <= heart_bt_int <= high):
-            return f"HeartBtInt (108) must be {low} to {high}"
-        if message.get(98) != "0":
-            return "EncryptMethod (98) must be 0"
-        sending_ns = parse_utc_timestamp(message.get(52) or "")
-        tolerance = self.config.sending_time_tolerance_s
-        if sending_ns is None or (tolerance is not None
-                                  and abs(sending_ns - self._now) > tolerance * NS):
-            return "SendingTime accuracy problem"
+        problem = logon_problem(message, acceptor=self.role is Role.ACCEPTOR, now_ns=self._now,
+                                config=self.config)
+        if problem is not None:
+            return problem
         if self.role is Role.ACCEPTOR and sender is not None:
             assert self._logon_check is not None and self._open_store is not None
             refusal = self._logon_check(message)
@@ -548,7 +536,12 @@ class FixSession:
         """SequenceReset in reset mode: its MsgSeqNum does not matter."""
         new_seq = message.get_int(36)
         store = self._require_store()
-        if new_seq is None:
+        problem = header_problem(message, sender=self.sender_comp_id,
+                                 target=self.target_comp_id, now_ns=self._now,
+                                 config=self.config)
+        if problem is not None:
+            self._reject(message, *problem)
+        elif new_seq is None:
             self._reject(message, SessionRejectReason.REQUIRED_TAG_MISSING, 36,
                          "NewSeqNo missing or not a number")
         elif new_seq < store.next_target_seq():

@@ -15,6 +15,7 @@ from gateway.fix_codec import (
     FixParser,
     Garbled,
     ParseResult,
+    checksum_of,
     decode,
     encode,
     encode_fields,
@@ -80,6 +81,11 @@ def test_arbitrary_fields_round_trip(msg_type: str, body: list[Field], sender: s
     parsed_body = message.fields[7:-1]
     assert [tag for tag, _ in parsed_body] == [tag for tag, _ in body]
     assert [as_bytes(value) for _, value in parsed_body] == [as_bytes(value) for _, value in body]
+
+
+@given(st.binary(max_size=3000))
+def test_checksum_is_the_byte_sum_mod_256(data: bytes) -> None:
+    assert checksum_of(data) == sum(data) % 256
 
 
 @given(st.binary(max_size=400), st.lists(st.integers(0, 400), max_size=8))

@@ -271,7 +271,12 @@ def test_timestamps_with_and_without_fractions() -> None:
     assert parse_utc_timestamp("20270115-08:00:00.123") == T0 + 123_000_000
     assert parse_utc_timestamp("20270115-08:00:00.123456") == T0 + 123_456_000
     assert parse_utc_timestamp("20270115-08:00:00.123456789") == T0 + 123_456_789
-    for bad in ("20270115-08:00", "20271315-08:00:00", "20270115-08:00:00.12", "now", ""):
+    leap_second = parse_utc_timestamp("20261231-23:59:60")
+    assert leap_second is not None
+    assert leap_second == parse_utc_timestamp("20270101-00:00:00")
+    for bad in ("20270115-08:00", "20271315-08:00:00", "20270115-08:00:00.12", "now", "",
+                "20270115-24:00:00", "20270115-08:60:00", "20270115-08:00:61",
+                "20270115 08:00:00", "20270115-08:00:00,123", "\uff120270115-08:00:00"):
         assert parse_utc_timestamp(bad) is None
 
 
