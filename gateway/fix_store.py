@@ -17,8 +17,11 @@ number the counterparty has seen.
   MULTI/EXEC. The client must return bytes (no ``decode_responses``).
 - ``file_stores(root)`` / ``redis_stores(client, prefix)`` give a ``StoreOpener``
   ``(sender_comp_id, target_comp_id) -> SessionStore`` for an acceptor, which learns the
-  counterparty's CompID only at logon. ``is_valid_comp_id`` is the CompID rule they enforce
-  (1-64 of ``A-Z a-z 0-9 . _ -``, not starting with ``.``).
+  counterparty's CompID only at logon. They hand out the same store object for a pair until
+  it is closed, so a dropped connection's session (which may still store messages for
+  resend) and the next connection's session never hold diverging copies.
+  ``is_valid_comp_id`` is the CompID rule they enforce (1-64 of ``A-Z a-z 0-9 . _ -``, not
+  starting with ``.``).
 """
 
 from __future__ import annotations
@@ -247,6 +250,11 @@ class FileStore:
                 os.close(directory)
         self._seqnums_dirty = False
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` has been called."""
+        return self._fd < 0
+
     def close(self) -> None:
         """Commit and close the messages file."""
         if self._fd >= 0:
@@ -264,6 +272,7 @@ class RedisStore:
         self._messages_key = f"{key}:messages"
         self._pending = client.pipeline(transaction=True)
         self._dirty = False
+        self.closed = False
         sender, target = client.hmget(self._seqnums_key, ["sender", "target"])
         self._sender = int(sender) if sender is not None else 1
         self._target = int(target) if target is not None else 1
@@ -318,23 +327,41 @@ class RedisStore:
     def close(self) -> None:
         """Commit; the client belongs to the caller."""
         self.commit()
+        self.closed = True
+
+
+def _cached(open_new: Callable[[str, str], FileStore | RedisStore]) -> StoreOpener:
+    """An opener that gives the same store for a pair until that store is closed, so the
+    session of a dropped connection and the next one share one view of the numbers."""
+    stores: dict[tuple[str, str], FileStore | RedisStore] = {}
+
+    def open_store(sender: str, target: str) -> SessionStore:
+        store = stores.get((sender, target))
+        if store is None or store.closed:
+            store = stores[sender, target] = open_new(sender, target)
+        return store
+
+    return open_store
 
 
 def file_stores(root: Path, *, fsync: bool = True) -> StoreOpener:
-    """Opener of ``FileStore``s in ``root/<sender>-<target>``."""
+    """Opener of ``FileStore``s in ``root/<sender>-<target>`` (one per pair while open)."""
 
-    def open_store(sender: str, target: str) -> SessionStore:
+    def open_new(sender: str, target: str) -> FileStore:
         if not (is_valid_comp_id(sender) and is_valid_comp_id(target)):
             raise ValueError(f"CompIDs not usable as a file name: {sender!r}, {target!r}")
         return FileStore(root / f"{sender}-{target}", fsync=fsync)
 
-    return open_store
+    return _cached(open_new)
 
 
 def redis_stores(client: redis.Redis, prefix: str = "cmx:fix:") -> StoreOpener:
-    """Opener of ``RedisStore``s under ``<prefix><sender>-<target>``."""
+    """Opener of ``RedisStore``s under ``<prefix><sender>-<target>`` (one per pair while
+    open)."""
 
-    def open_store(sender: str, target: str) -> SessionStore:
+    def open_new(sender: str, target: str) -> RedisStore:
+        if not (is_valid_comp_id(sender) and is_valid_comp_id(target)):
+            raise ValueError(f"CompIDs not usable in a key: {sender!r}, {target!r}")
         return RedisStore(client, f"{prefix}{sender}-{target}")
 
-    return open_store
+    return _cached(open_new)

@@ -17,6 +17,16 @@ def test_redis_store_contract(redis_server: RedisServer) -> None:
                                                   b"test:fix:CMX-MM1:seqnums"]
 
 
+def test_redis_opener_shares_one_store_per_pair(redis_server: RedisServer) -> None:
+    open_store = redis_stores(redis_server.client(), "p:")
+    store = open_store("CMX", "MM1")
+    assert open_store("CMX", "MM1") is store
+    store.set_next_target_seq(3)
+    store.close()
+    assert open_store("CMX", "MM1").next_target_seq() == 3
+    assert redis_server.client().hget("p:CMX-MM1:seqnums", "target") == b"3"
+
+
 def test_changes_are_invisible_until_commit(redis_server: RedisServer) -> None:
     client = redis_server.client()
     writer = RedisStore(client, "k")

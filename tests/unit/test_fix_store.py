@@ -128,6 +128,18 @@ def test_opener_uses_a_directory_per_pair_and_refuses_unsafe_comp_ids(tmp_path: 
         open_store("CMX", "../../etc")
 
 
+def test_opener_shares_one_store_per_pair_until_it_is_closed(tmp_path: Path) -> None:
+    open_store = file_stores(tmp_path)
+    store = open_store("CMX", "MM1")
+    assert open_store("CMX", "MM1") is store
+    assert open_store("CMX", "MM2") is not store
+    store.set_next_sender_seq(5)
+    store.close()
+    reopened = open_store("CMX", "MM1")
+    assert reopened is not store
+    assert reopened.next_sender_seq() == 5
+
+
 @pytest.mark.parametrize(
     ("comp_id", "valid"),
     [("MM1", True), ("desk_7.a-b", True), ("", False), (".hidden", False), ("a/b", False),
