@@ -69,7 +69,15 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """An application message (or a session Reject) for the application, in order."""
+    """An application message for the application, in sequence order."""
+
+    message: FixMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The counterparty's session-level Reject (35=3) of one of our messages; its
+    RefSeqNum (45) says which. Not an application message: never answer it."""
 
     message: FixMessage
 
@@ -95,7 +103,7 @@ class Disconnect:
     reason: str
 
 
-Action = Send | Deliver | LoggedOn | LoggedOut | Disconnect
+Action = Send | Deliver | Rejected | LoggedOn | LoggedOut | Disconnect
 LogonCheck = Callable[[FixMessage], str | None]
 LogonFields = Callable[[str, int], Sequence[Field]]
 

@@ -13,8 +13,9 @@ out the actions it returns, in order:
   message, ``logout(now_ns, text)`` and ``connection_lost(now_ns)``. ``now_ns`` is UTC wall
   clock (``time.time_ns()``); it stamps SendingTime and drives the timers.
 - Each returns ``list[Action]``: ``Send(data)`` bytes to write; ``Deliver(message)`` an
-  application message (or a session-level Reject 35=3 from the counterparty) in sequence
-  order; ``LoggedOn(message)`` with the counterparty's Logon; ``LoggedOut(reason)`` once when
+  application message, in sequence order; ``Rejected(message)`` a session-level Reject
+  (35=3) of one of our messages (45 = its MsgSeqNum; not to be answered);
+  ``LoggedOn(message)`` with the counterparty's Logon; ``LoggedOut(reason)`` once when
   a logged-on session ends; ``Disconnect(reason)`` close the transport after writing the
   preceding ``Send``s. After ``Disconnect`` the session ignores its input.
 
@@ -55,6 +56,7 @@ from gateway.fix_admin import (
     LoggedOut,
     LogonCheck,
     LogonFields,
+    Rejected,
     Role,
     Send,
     SessionConfig,
@@ -84,6 +86,7 @@ __all__ = [
     "LoggedOut",
     "LogonCheck",
     "LogonFields",
+    "Rejected",
     "Role",
     "Send",
     "SessionConfig",
@@ -129,6 +132,7 @@ class FixSession:
         self._resend_target: int | None = None
         self._answered_early: set[int] = set()
         self._logon: FixMessage | None = None
+        self._logon_seq = 0  # MsgSeqNum of our own Logon
 
     @classmethod
     def acceptor(
@@ -183,6 +187,7 @@ class FixSession:
                 body.append((141, "Y"))
             if self._logon_fields is not None:
                 body.extend(self._logon_fields(format_utc_timestamp(now_ns), seq))
+            self._logon_seq = seq
             self._emit("A", body)
         return self._finish()
 
@@ -457,6 +462,8 @@ class FixSession:
         elif msg_type == "A":
             if message is not self._logon:
                 self._logout_and_close("Logon while logged on")
+        elif msg_type == "3":
+            self._out.append(Rejected(message))
         elif msg_type != "0":  # a Heartbeat has done its work by arriving
             self._out.append(Deliver(message))
 
@@ -480,9 +487,12 @@ class FixSession:
             body: list[Field] = [(98, 0), (108, message.get_int(108) or 0)]
             if reset:
                 body.append((141, "Y"))
+            self._logon_seq = store.next_sender_seq()
             self._emit("A", body)
         self._enter(State.ACTIVE)
         self._out.append(LoggedOn(message))
+        if store.next_sender_seq() > self._logon_seq + 1:
+            self._emit("0", [])  # shows the counterparty what we stored while logging on
         if seq == expected:
             self._advance()
         else:

@@ -26,6 +26,7 @@ from gateway.fix_session import (
     FixSession,
     LoggedOn,
     LoggedOut,
+    Rejected,
     Send,
     SessionConfig,
     SessionRejectReason,
@@ -475,7 +476,8 @@ def test_application_rejects_a_delivered_message() -> None:
     reject = last(link, ACC)
     assert [reject.get(tag) for tag in (45, 371, 372, 373, 58)] == [
         "2", "55", "D", "1", "Symbol required"]
-    assert link.delivered(INI) == [link.sent[ACC][-1]]  # a Reject reaches the application
+    assert link.events[INI][-1] == Rejected(reject)
+    assert link.delivered(INI) == []
 
 
 # -- logout -----------------------------------------------------------------------------------
@@ -557,6 +559,19 @@ def test_reconnect_resends_what_each_side_missed() -> None:
     assert [message.get(11) for message in second.delivered(ACC)] == ["lost order", "fresh"]
     assert client_store.next_sender_seq() == exchange_stores["CMX", "MM1"].next_target_seq()
     assert client_store.next_target_seq() == exchange_stores["CMX", "MM1"].next_sender_seq()
+
+
+def test_messages_sent_while_logging_on_reach_the_acceptor_by_resend() -> None:
+    link = Link()
+    link.run(ACC, link.acceptor.connection_made(link.now))
+    link.lose[INI] = True
+    link.run(INI, link.initiator.connection_made(link.now))
+    link.send(INI, "D", [(11, "early")])  # stored: not logged on yet
+    assert link.wire(INI) == [("A", 1)]
+    link.lose[INI] = False
+    link.feed(ACC, link.sent[INI][0].raw)
+    assert link.wire(INI)[:3] == [("A", 1), ("0", 3), ("D", 2)]
+    assert [message.get(11) for message in link.delivered(ACC)] == ["early"]
 
 
 def test_lost_client_store_means_too_low_logon_and_logout() -> None:
