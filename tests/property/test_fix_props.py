@@ -19,7 +19,11 @@ from gateway.fix_codec import (
     decode,
     encode,
     encode_fields,
+    format_utc_timestamp,
+    frame,
 )
+from gateway.fix_session import Disconnect
+from tests.unit.test_fix_session import ACC, T0, client_message, logged_on_link
 
 RAW_TAGS = {tag for pair in RAW_DATA for tag in pair}
 STAMP = "20270115-08:00:00.000"
@@ -197,3 +201,59 @@ def test_simplefix_builds_the_same_bytes_and_each_parses_the_other(
     assert isinstance(message, FixMessage)
     assert [(int(tag), bytes(value)) for tag, value in parsed.pairs] == [
         (tag, value.encode()) for tag, value in message.fields]
+
+
+# -- a logged-on acceptor under hostile input ------------------------------------------------
+
+HEADER_CHOICES = {
+    49: st.sampled_from(["MM1", "MM1", "MM1", "XX"]),
+    56: st.sampled_from(["CMX", "CMX", "CMX", "YY"]),
+    52: st.sampled_from([format_utc_timestamp(T0), format_utc_timestamp(T0 - 10**12), "bad"]),
+    43: st.sampled_from(["Y", "N"]),
+    122: st.sampled_from([format_utc_timestamp(T0 - 10**9), format_utc_timestamp(T0 + 10**9)]),
+}
+
+
+@st.composite
+def framed_messages(draw: st.DrawFn, expected: int) -> bytes:
+    """Well-framed messages with any header and body: admin or application types, right or
+    wrong CompIDs, numbers around the expected one, good or bad times, any fields."""
+    msg_type = draw(st.sampled_from(["0", "1", "2", "3", "4", "5", "A", "D", "F", "ZZ"]))
+    fields: list[Field] = [(35, msg_type)]
+    for tag, choice in HEADER_CHOICES.items():
+        if draw(st.booleans()):
+            fields.append((tag, draw(choice)))
+    if draw(st.integers(0, 9)) > 0:
+        fields.append((34, draw(st.integers(max(1, expected - 2), expected + 3))))
+    fields += draw(st.lists(st.tuples(st.sampled_from([7, 16, 36, 112, 123, 11, 55, 58]),
+                                      st.sampled_from(["0", "1", "2", "5", "Y", "x"])),
+                            max_size=5))
+    return frame(encode_fields(fields))
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_acceptor_survives_hostile_input_and_keeps_its_numbers(data: st.DataObject) -> None:
+    link = logged_on_link()
+    store = link.stores["CMX", "MM1"]
+    for _ in range(data.draw(st.integers(1, 8))):
+        before = store.next_target_seq()
+        kind = data.draw(st.sampled_from(["framed", "bytes", "mutated"]))
+        if kind == "framed":
+            chunk = data.draw(framed_messages(before))
+        elif kind == "bytes":
+            chunk = data.draw(st.binary(max_size=120))
+        else:
+            raw = client_message(before)
+            index = data.draw(st.integers(0, len(raw) - 1))
+            chunk = raw[:index] + bytes([(raw[index] + 1) % 256]) + raw[index + 1:]
+        link.feed(ACC, chunk)
+        if link.acceptor.closed:
+            assert isinstance(link.events[ACC][-1], Disconnect)
+            return
+        assert store.next_target_seq() >= before
+        if kind != "framed":
+            assert store.next_target_seq() == before
+    final = client_message(store.next_target_seq())
+    link.feed(ACC, b"\x01" + final)  # the SOH ends any half message before it
+    assert final in [message.raw for message in link.delivered(ACC)]
