@@ -1,6 +1,26 @@
 """Session-level vocabulary of FIX 4.4 for ``gateway.fix_session``: the actions a session
-returns, its configuration, SessionRejectReason, the header checks of an inbound message
-and the messages that answer a ResendRequest."""
+returns, its configuration, SessionRejectReason, the header checks of an inbound message,
+the resequencing of early messages and the messages that answer a ResendRequest.
+
+Session rules (FIX 4.4 volume 2): the first message to an acceptor must be a Logon
+(HeartBtInt 108 is the initiator's; the acceptor's answer carries the same value and 141=Y
+when asked to reset); ``logon_check(logon) -> None | refusal text`` authenticates (a refusal
+is a Logout with that text, then disconnect). Heartbeat after HeartBtInt of our silence;
+TestRequest after 1.2x HeartBtInt of the counterparty's silence, disconnect after 2x.
+A MsgSeqNum above the expected one is queued and a ResendRequest (7=expected, 16=0) sent;
+queued messages are processed in order once the gap is filled (a ResendRequest or Logout
+above the expected number is acted on at once, so two sides with gaps never wait on each
+other). Too low without 43=Y: Logout
+and disconnect; too low with 43=Y: ignored. A ResendRequest is answered by replaying the
+stored application messages (43=Y, 122 = original 52, fresh 52) and gap-filling the rest with
+SequenceReset 123=Y. SequenceReset without 123=Y resets the expected number whatever its
+MsgSeqNum. Problems in a message carrying the expected number are answered with Reject 3
+(45, 371, 372, 373, 58) and consume the number: required header tag missing (373=1), tag
+without value (4), bad value or format (5, 6), CompID problem (9, then Logout), SendingTime
+off by more than ``sending_time_tolerance_s`` or OrigSendingTime after SendingTime (10,
+then Logout), unknown MsgType (11). Garbled input is dropped without consuming a number.
+A missing MsgSeqNum means Logout and disconnect.
+"""
 
 from __future__ import annotations
 
@@ -192,6 +212,43 @@ def logon_problem(
                               and abs(sending_ns - now_ns) > tolerance * NS):
         return "SendingTime accuracy problem"
     return None
+
+
+class Resequencer:
+    """Inbound messages that came ahead of their turn, waiting for a gap to be resent.
+
+    ``awaited`` is the highest number the outstanding ResendRequest (if any) should bring;
+    ``answered`` holds the numbers of ResendRequests answered ahead of their turn."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, FixMessage] = {}
+        self.awaited: int | None = None
+        self.answered: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, seq: int, message: FixMessage) -> bool:
+        """Keep a message; True if no ResendRequest is outstanding, so one should go out."""
+        self._held[seq] = message
+        if self.awaited is None:
+            return True
+        self.awaited = max(self.awaited, seq)
+        return False
+
+    def take(self, seq: int) -> FixMessage | None:
+        """The held message numbered ``seq``, if any."""
+        return self._held.pop(seq, None)
+
+    def settle(self, expected: int) -> int | None:
+        """Forget what is now behind ``expected``. Returns the highest held number when a
+        gap remains and no ResendRequest is outstanding (a new one is needed)."""
+        for seq in [seq for seq in self._held if seq < expected]:
+            del self._held[seq]
+        self.answered = {seq for seq in self.answered if seq >= expected}
+        if self.awaited is not None and expected > self.awaited:
+            self.awaited = None
+        return max(self._held) if self._held and self.awaited is None else None
 
 
 def resend(

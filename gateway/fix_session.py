@@ -19,22 +19,7 @@ out the actions it returns, in order:
   a logged-on session ends; ``Disconnect(reason)`` close the transport after writing the
   preceding ``Send``s. After ``Disconnect`` the session ignores its input.
 
-Session rules (FIX 4.4 volume 2): the first message to an acceptor must be a Logon
-(HeartBtInt 108 is the initiator's; the acceptor's answer carries the same value and 141=Y
-when asked to reset); ``logon_check(logon) -> None | refusal text`` authenticates (a refusal
-is a Logout with that text, then disconnect). Heartbeat after HeartBtInt of our silence;
-TestRequest after 1.2x HeartBtInt of the counterparty's silence, disconnect after 2x.
-A MsgSeqNum above the expected one is queued and a ResendRequest (7=expected, 16=0) sent;
-queued messages are processed in order once the gap is filled. Too low without 43=Y: Logout
-and disconnect; too low with 43=Y: ignored. A ResendRequest is answered by replaying the
-stored application messages (43=Y, 122 = original 52, fresh 52) and gap-filling the rest with
-SequenceReset 123=Y. SequenceReset without 123=Y resets the expected number whatever its
-MsgSeqNum. Problems in a message carrying the expected number are answered with Reject 3
-(45, 371, 372, 373, 58) and consume the number: required header tag missing (373=1), tag
-without value (4), bad value or format (5, 6), CompID problem (9, then Logout), SendingTime
-off by more than ``sending_time_tolerance_s`` or OrigSendingTime after SendingTime (10,
-then Logout), unknown MsgType (11). Garbled input is dropped without consuming a number.
-A missing MsgSeqNum means Logout and disconnect.
+The FIX 4.4 session rules it follows are listed in ``gateway.fix_admin``.
 
 Persistence: sequence numbers and sent application messages go to the ``SessionStore``; with
 ``autocommit`` (default) every call commits before returning, so the bytes it returns are
@@ -57,6 +42,7 @@ from gateway.fix_admin import (
     LogonCheck,
     LogonFields,
     Rejected,
+    Resequencer,
     Role,
     Send,
     SessionConfig,
@@ -78,20 +64,8 @@ from gateway.fix_codec import (
 from gateway.fix_store import SessionStore, StoreOpener, is_valid_comp_id
 
 __all__ = [
-    "Action",
-    "Deliver",
-    "Disconnect",
-    "FixSession",
-    "LoggedOn",
-    "LoggedOut",
-    "LogonCheck",
-    "LogonFields",
-    "Rejected",
-    "Role",
-    "Send",
-    "SessionConfig",
-    "SessionRejectReason",
-    "State",
+    "Action", "Deliver", "Disconnect", "FixSession", "LoggedOn", "LoggedOut", "LogonCheck",
+    "LogonFields", "Rejected", "Role", "Send", "SessionConfig", "SessionRejectReason", "State",
 ]
 
 class FixSession:
@@ -128,9 +102,7 @@ class FixSession:
         self._last_recv = 0
         self._test_request: str | None = None
         self._test_requests = 0
-        self._queue: dict[int, FixMessage] = {}
-        self._resend_target: int | None = None
-        self._answered_early: set[int] = set()
+        self._ahead = Resequencer()
         self._logon: FixMessage | None = None
         self._logon_seq = 0  # MsgSeqNum of our own Logon
 
@@ -385,7 +357,7 @@ class FixSession:
                 return
             if message.msg_type == "2":
                 self._on_resend_request(message)
-                self._answered_early.add(seq)
+                self._ahead.answered.add(seq)
             self._enqueue(seq, message)
         elif seq < expected:
             if message.get(43) != "Y":
@@ -397,34 +369,26 @@ class FixSession:
             self._drain()
 
     def _enqueue(self, seq: int, message: FixMessage) -> None:
-        if len(self._queue) >= self.config.max_queued:
+        if len(self._ahead) >= self.config.max_queued:
             self._logout_and_close("too many messages waiting for a resend")
-            return
-        self._queue[seq] = message
-        if self._resend_target is None:
+        elif self._ahead.hold(seq, message):
             self._request_resend(seq)
-        else:
-            self._resend_target = max(self._resend_target, seq)
 
     def _request_resend(self, up_to: int) -> None:
-        self._resend_target = up_to
+        self._ahead.awaited = up_to
         self._emit("2", [(7, self._require_store().next_target_seq()), (16, 0)])
 
     def _drain(self) -> None:
+        """Process held messages whose turn has come."""
         store = self._require_store()
         while self.state in (State.ACTIVE, State.LOGOUT_SENT):
-            message = self._queue.pop(store.next_target_seq(), None)
+            message = self._ahead.take(store.next_target_seq())
             if message is None:
                 break
             self._process(message)
-        expected = store.next_target_seq()
-        for seq in [seq for seq in self._queue if seq < expected]:
-            del self._queue[seq]
-        self._answered_early = {seq for seq in self._answered_early if seq >= expected}
-        if self._resend_target is not None and expected > self._resend_target:
-            self._resend_target = None
-        if self._queue and self._resend_target is None and self.state is State.ACTIVE:
-            self._request_resend(max(self._queue))
+        up_to = self._ahead.settle(store.next_target_seq())
+        if up_to is not None and self.state is State.ACTIVE:
+            self._request_resend(up_to)
 
     def _process(self, message: FixMessage) -> None:
         """Handle the message carrying the expected MsgSeqNum."""
@@ -457,7 +421,7 @@ class FixSession:
             else:
                 self._emit("0", [(112, test_id)])
         elif msg_type == "2":
-            if seq not in self._answered_early:
+            if seq not in self._ahead.answered:
                 self._on_resend_request(message)
         elif msg_type == "A":
             if message is not self._logon:
