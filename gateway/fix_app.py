@@ -1,12 +1,7 @@
 """The exchange's FIX 4.4 application: logon authentication and order entry, sans-I/O.
 
 A `FixConnection` wraps one acceptor `gateway.fix_session.FixSession` (CompID ``CMX``). Its
-Logon must carry 553 Username = the account's address and 554 Password = an EIP-191
-signature (0x hex) over ``SendingTime|MsgSeqNum|SenderCompID|TargetCompID`` of that Logon, by
-the account's key, or by an API key the account delegated: then 96 RawData holds
-``key,expires,delegation signature`` (see `gateway.auth.delegation_text`). A Logon more than
-`LOGON_TOLERANCE_NS` from the server's clock, or not later than the last one accepted for
-its SenderCompID, is refused. The first logon binds a SenderCompID to its account.
+Logon is authenticated by `gateway.fix_logon.check_logon` (553 account, 554 signature).
 Cancel-on-disconnect is the acceptor's default or the Logon's 8013 (Y/N).
 
 Orders go through `gateway.order_entry`, exactly as websocket orders do: NewOrderSingle D,
@@ -16,7 +11,8 @@ they are durable (`gateway.hub.AccountListener`), so fills of resting orders, se
 prevention and expiry are reported as well; refusals of cancels and replaces are
 OrderCancelReject 9. Outbound messages use stock FIX 4.4 tags only. Self-trade prevention on
 D is 7928 (N cancel newest, O cancel oldest, B cancel both, D decrement); post-only is
-ExecInst 18 containing 6; an iceberg's shown size is MaxFloor 111.
+ExecInst 18 containing 6; an iceberg's shown size is MaxFloor 111. MarketDataRequest V is
+served by `gateway.fix_market_data`, MassQuote i and QuoteCancel Z by `gateway.fix_quotes`.
 """
 
 from __future__ import annotations
@@ -39,8 +35,10 @@ from engine.events import (
 )
 from engine.messages import OrderType, Side
 from gateway import api, order_entry
-from gateway.auth import delegation_text, recover_signer
 from gateway.fix_codec import Field, FixMessage, format_utc_timestamp, parse_utc_timestamp
+from gateway.fix_logon import check_logon
+from gateway.fix_market_data import MarketDataDesk
+from gateway.fix_quotes import QuoteDesk
 from gateway.fix_session import Action, Deliver, FixSession, LoggedOn, LoggedOut, SessionConfig
 from gateway.fix_store import StoreOpener
 from gateway.hub import Gateway, Session
@@ -48,7 +46,6 @@ from gateway.order_entry import RequestError
 from gateway.rate_limit import RateLimit, TokenBucket
 
 EXCHANGE_COMP_ID = "CMX"
-LOGON_TOLERANCE_NS = 30 * 1_000_000_000
 ORDER_RATE = RateLimit(2_000, 4_000)
 """Application messages per second (and burst) per FIX session."""
 _SIDES = {"1": api.OrderSide.BUY, "2": api.OrderSide.SELL}
@@ -130,7 +127,16 @@ class FixConnection(Session):
         self._pending: dict[int, Pending] = {}
         self._reported: set[str] = set()  # ClOrdIDs whose New came from their events
         self._next_request = 1
+        self.market_data = MarketDataDesk(self)
+        self.quotes = QuoteDesk(self)
+        self._desks: dict[str, MarketDataDesk | QuoteDesk] = {
+            "V": self.market_data, "i": self.quotes, "Z": self.quotes}
         acceptor.connections.add(self)
+
+    @property
+    def now_ns(self) -> int:
+        """The time of the latest input."""
+        return self._now
 
     # --- I/O layer calls ----------------------------------------------------------------------
 
@@ -169,34 +175,8 @@ class FixConnection(Session):
     # --- logon ----------------------------------------------------------------------------------
 
     def _logon_check(self, logon: FixMessage) -> str | None:
-        sender, account = logon.get(49) or "", (logon.get(553) or "").lower()
-        sending_time = parse_utc_timestamp(logon.get(52) or "")
-        if not account or not logon.get(554):
-            return "Logon needs 553 (account address) and 554 (signature)"
-        if sending_time is None or abs(sending_time - self._now) > LOGON_TOLERANCE_NS:
-            return "stale Logon: SendingTime too far from the exchange's clock"
-        if sending_time <= self.acceptor.last_logon_ns.get(sender, 0):
-            return "replayed Logon: SendingTime not after the last accepted Logon"
-        bound = self.acceptor.bindings.get(sender)
-        if bound is not None and bound != account:
-            return f"SenderCompID {sender} is bound to another account"
-        text = f"{logon.get(52)}|{logon.get(34)}|{sender}|{logon.get(56)}"
-        signer = recover_signer(text, logon.get(554) or "")
-        raw = logon.get(96)
-        if raw:
-            key, _, rest = raw.partition(",")
-            expires, _, grant = rest.partition(",")
-            if signer != key.lower():
-                return "Logon refused: signature is not by the delegated key in 96"
-            if not expires.isdigit() or int(expires) * 1_000_000_000 <= self._now:
-                return "Logon refused: delegation has expired"
-            if recover_signer(delegation_text(account, key, int(expires)), grant) != account:
-                return "Logon refused: delegation is not signed by the account"
-        elif signer != account:
-            return "Logon refused: signature is not by the account"
-        self.acceptor.bindings[sender] = account
-        self.acceptor.last_logon_ns[sender] = sending_time
-        return None
+        return check_logon(logon, self._now, self.acceptor.bindings,
+                           self.acceptor.last_logon_ns)
 
     def _logged_on(self, logon: FixMessage) -> None:
         self.account = (logon.get(553) or "").lower()
@@ -216,14 +196,16 @@ class FixConnection(Session):
 
     def _application(self, message: FixMessage) -> list[Action]:
         kind = message.msg_type
-        if kind not in ("D", "F", "G", "q"):
+        desk = self._desks.get(kind)
+        if desk is None and kind not in ("D", "F", "G", "q"):
             return self._business_reject(message, "3", f"MsgType {kind} is not supported")
-        for tag in (11,):
-            if not message.get(tag):
-                return self.session.reject(message, 1, self._now, tag=tag,
-                                           text=f"required tag {tag} missing")
+        if desk is None and not message.get(11):
+            return self.session.reject(message, 1, self._now, tag=11,
+                                       text="required tag 11 missing")
         if not self._bucket.take(self._now):
-            return self._refuse(message, "rate limit exceeded")
+            return (desk or self).refuse(message, "rate limit exceeded")
+        if desk is not None:
+            return desk.handle(message)
         account = self.account
         assert account is not None, "delivered only after logon"
         request_id = self._next_request
@@ -238,10 +220,10 @@ class FixConnection(Session):
             return self._mass_cancel(message, account, request_id)
         except RequestError as exc:
             self._pending.pop(request_id, None)
-            return self._refuse(message, exc.msg, exc.code)
+            return self.refuse(message, exc.msg, exc.code)
         except msgspec.ValidationError as exc:
             self._pending.pop(request_id, None)
-            return self._refuse(message, str(exc))
+            return self.refuse(message, str(exc))
 
     def _new_order(self, message: FixMessage, account: str, request_id: int) -> list[Action]:
         side = _SIDES.get(message.get(54) or "")
@@ -332,16 +314,20 @@ class FixConnection(Session):
     # --- answers ------------------------------------------------------------------------------
 
     def send(self, payload: str, book_symbol: str | None = None) -> None:
-        """Public websocket channel messages do not apply to FIX connections."""
+        """Public channel messages: market data of this connection's subscriptions."""
+        self.market_data.on_public(payload, book_symbol)
 
     def reply(self, message: msgspec.Struct) -> None:
         """The gateway's answer to one of this connection's requests."""
         request_id = getattr(message, "id", None)
+        if isinstance(request_id, str):  # the quotes' orders
+            self.quotes.reply(message)
+            return
         pending = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
         if pending is None:
             return
         if isinstance(message, api.MassCancelled):
-            self._out("r", [(11, pending.cl_ord_id), (37, f"MC{request_id}"),
+            self.out("r", [(11, pending.cl_ord_id), (37, f"MC{request_id}"),
                             (530, pending.mass_type), (531, pending.mass_type),
                             (533, message.cancelled)])
         elif isinstance(message, api.Error):
@@ -352,7 +338,7 @@ class FixConnection(Session):
                 self._cancel_reject(pending, order, message.msg,
                                     1 if message.code == "unknown_order" else 99)
             elif pending.msg_type == "q":
-                self._out("r", [(11, pending.cl_ord_id), (37, "NONE"),
+                self.out("r", [(11, pending.cl_ord_id), (37, "NONE"),
                                 (530, pending.mass_type), (531, "0"), (58, message.msg)])
             # a refused D was reported from its OrderRejected event
         elif isinstance(message, api.OrderReply) and pending.msg_type == "D" and \
@@ -437,7 +423,8 @@ class FixConnection(Session):
 
     # --- outbound messages --------------------------------------------------------------------
 
-    def _out(self, msg_type: str, body: list[Field]) -> None:
+    def out(self, msg_type: str, body: list[Field]) -> None:
+        """Send an application message."""
         self.emit(self.session.send(msg_type, body, self._now))
 
     def _report(self, order: FixOrder, exec_id: str, exec_type: str, ts: int, *,
@@ -457,7 +444,7 @@ class FixConnection(Session):
             body += [(31, book.price(last[0])), (32, book.qty(last[1]))]
         body += [(151, book.qty(order.leaves)), (14, book.qty(order.cum_qty)),
                  (6, self._average(order)), (60, format_utc_timestamp(ts))]
-        self._out("8", body)
+        self.out("8", body)
 
     def _average(self, order: FixOrder) -> str:
         if not order.cum_qty:
@@ -470,19 +457,20 @@ class FixConnection(Session):
         self._report(order, f"S{order.order_id}.{self._now}", "I", self._now, cl=cl_ord_id)
 
     def _reject_order(self, cl_ord_id: str, text: str, ts: int | None = None) -> None:
-        self._out("8", [(37, "NONE"), (11, cl_ord_id), (17, f"R{self._now}.{cl_ord_id}"),
+        self.out("8", [(37, "NONE"), (11, cl_ord_id), (17, f"R{self._now}.{cl_ord_id}"),
                         (150, "8"), (39, "8"), (103, 99), (151, "0"), (14, "0"), (6, "0"),
                         (58, text[:200]), (60, format_utc_timestamp(ts or self._now))])
 
     def _cancel_reject(self, pending: Pending, order: FixOrder | None, text: str,
                        reason: int) -> None:
-        self._out("9", [(37, order.order_id if order else "NONE"), (11, pending.cl_ord_id),
+        self.out("9", [(37, order.order_id if order else "NONE"), (11, pending.cl_ord_id),
                         (41, pending.orig_cl_ord_id or "NONE"),
                         (39, order.status if order else "8"),
                         (434, "1" if pending.msg_type == "F" else "2"),
                         (102, reason), (58, text[:200])])
 
-    def _refuse(self, message: FixMessage, text: str, code: str = "") -> list[Action]:
+    def refuse(self, message: FixMessage, text: str, code: str = "") -> list[Action]:
+        """Refuse an order entry message with the answer FIX prescribes for its type."""
         kind = message.msg_type
         cl_ord_id = message.get(11) or "NONE"
         if kind == "D":
@@ -491,7 +479,7 @@ class FixConnection(Session):
             self._cancel_reject(Pending(kind, cl_ord_id, message.get(41) or ""), None, text,
                                 1 if code == "unknown_order" else 99)
         else:
-            self._out("r", [(11, cl_ord_id), (37, "NONE"), (530, message.get(530) or "7"),
+            self.out("r", [(11, cl_ord_id), (37, "NONE"), (530, message.get(530) or "7"),
                             (531, "0"), (58, text[:200])])
         return []
 
