@@ -7,11 +7,14 @@ before the bytes it produced are written to the wire, so a crash never forgets a
 number the counterparty has seen.
 
 - ``MemoryStore``: nothing survives the process (tests, throw-away initiators).
-- ``FileStore(directory, fsync=True)``: ``seqnums`` (two numbers, replaced by
-  write-then-rename) and ``messages`` (append-only records ``<seq> <length>\\n<bytes>\\n``;
-  a torn tail is cut off on open). With ``fsync`` each commit fsyncs the messages file,
-  then the new seqnums file and the directory. Opening takes the larger of the saved next
-  sender number and the last saved message's number + 1.
+- ``FileStore(directory, fsync=True)``: ``messages`` (append-only records
+  ``<seq> <length>\\n<bytes>\\n``; a torn tail is cut off on open) and ``seqnums``: two
+  64-byte slots ``<generation> <sender> <target> <crc32>``, a commit overwriting the older
+  one in place, so a torn write leaves the other slot whole (opening takes the newest whole
+  slot). In place rather than by write-then-rename: on ext4 with online discard a rename
+  cost 1-3 ms (freeing the old file's block), one pwrite a few microseconds. With ``fsync``
+  a commit fsyncs the messages, then the seqnums file. Opening takes the larger of the saved
+  next sender number and the last saved message's number + 1.
 - ``RedisStore(client, key)``: hash ``<key>:seqnums`` (fields ``sender``, ``target``) and
   sorted set ``<key>:messages`` (score = MsgSeqNum, member = message bytes); a commit is one
   MULTI/EXEC. The client must return bytes (no ``decode_responses``).
@@ -29,6 +32,7 @@ from __future__ import annotations
 import bisect
 import os
 import re
+import zlib
 from array import array
 from collections.abc import Callable
 from pathlib import Path
@@ -131,6 +135,17 @@ class MemoryStore:
         """Nothing to release."""
 
 
+_SLOT_SIZE = 64
+
+
+def _fsync_directory(directory: Path) -> None:
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 class FileStore:
     """A store in a directory of its own: ``seqnums`` and ``messages``."""
 
@@ -138,24 +153,33 @@ class FileStore:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self._fsync = fsync
-        self._seqnums_path = directory / "seqnums"
         self._seqs = array("q")
         self._offsets = array("q")
         self._lengths = array("q")
         self._fd = os.open(directory / "messages", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self._end = self._load_messages()
-        self._sender, self._target = self._load_seqnums()
+        created = not (directory / "seqnums").exists()
+        self._seqnums_fd = os.open(directory / "seqnums", os.O_RDWR | os.O_CREAT, 0o644)
+        if created and fsync:
+            _fsync_directory(directory)
+        self._generation, self._sender, self._target = self._load_seqnums()
         if self._seqs:
             self._sender = max(self._sender, self._seqs[-1] + 1)
         self._seqnums_dirty = False
         self._messages_dirty = False
 
-    def _load_seqnums(self) -> tuple[int, int]:
-        try:
-            parts = self._seqnums_path.read_text().split()
-            return int(parts[0]), int(parts[1])
-        except (FileNotFoundError, IndexError, ValueError):
-            return 1, 1
+    def _load_seqnums(self) -> tuple[int, int, int]:
+        """(generation, sender, target) of the newest whole slot, or a fresh start."""
+        best = (0, 1, 1)
+        for slot in range(2):
+            record = os.pread(self._seqnums_fd, _SLOT_SIZE, slot * _SLOT_SIZE)
+            text, _, crc = record.rstrip().rpartition(b" ")
+            parts = text.split()
+            if (len(parts) == 3 and all(part.isdigit() for part in parts)
+                    and crc == b"%08x" % zlib.crc32(text)):
+                generation, sender, target = (int(part) for part in parts)
+                best = max(best, (generation, sender, target))
+        return best
 
     def _load_messages(self) -> int:
         """Index the records; cut a torn tail. Returns the end of the last whole record."""
@@ -229,25 +253,19 @@ class FileStore:
         self._seqnums_dirty = self._messages_dirty = True
 
     def commit(self) -> None:
-        """fsync the messages (if asked), then replace the seqnums file."""
+        """fsync the messages (if asked), then overwrite the older seqnums slot."""
         if self._messages_dirty and self._fsync:
             os.fsync(self._fd)
         self._messages_dirty = False
         if not self._seqnums_dirty:
             return
-        temporary = self._seqnums_path.with_name("seqnums.tmp")
-        with open(temporary, "w") as file:
-            file.write(f"{self._sender} {self._target}\n")
-            if self._fsync:
-                file.flush()
-                os.fsync(file.fileno())
-        os.replace(temporary, self._seqnums_path)
+        self._generation += 1
+        text = b"%d %d %d" % (self._generation, self._sender, self._target)
+        record = b"%s %08x" % (text, zlib.crc32(text))
+        os.pwrite(self._seqnums_fd, record.ljust(_SLOT_SIZE - 1) + b"\n",
+                  (self._generation % 2) * _SLOT_SIZE)
         if self._fsync:
-            directory = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            os.fsync(self._seqnums_fd)
         self._seqnums_dirty = False
 
     @property
@@ -260,6 +278,7 @@ class FileStore:
         if self._fd >= 0:
             self.commit()
             os.close(self._fd)
+            os.close(self._seqnums_fd)
             self._fd = -1
 
 

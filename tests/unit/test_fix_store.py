@@ -97,18 +97,41 @@ def test_crash_before_commit_still_knows_the_numbers_it_sent(tmp_path: Path) -> 
     assert reopened.sent(5, 5) == [(5, b"sent just before the crash")]
 
 
+def on_disk(directory: Path) -> tuple[int, int]:
+    store = FileStore(directory)
+    return store.next_sender_seq(), store.next_target_seq()
+
+
 def test_seqnums_change_on_disk_only_at_commit(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     store.set_next_sender_seq(3)
     store.set_next_target_seq(9)
-    assert not (tmp_path / "seqnums").exists()
+    assert on_disk(tmp_path) == (1, 1)
     store.commit()
-    assert (tmp_path / "seqnums").read_text() == "3 9\n"
+    assert on_disk(tmp_path) == (3, 9)
     store.set_next_target_seq(10)
-    assert (tmp_path / "seqnums").read_text() == "3 9\n"
+    assert on_disk(tmp_path) == (3, 9)
     store.commit()
-    assert (tmp_path / "seqnums").read_text() == "3 10\n"
+    assert on_disk(tmp_path) == (3, 10)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["messages", "seqnums"]
+    assert (tmp_path / "seqnums").stat().st_size == 128
+
+
+@pytest.mark.parametrize("damage", [b"\x00" * 64, b"3 12 40 00000000".ljust(63) + b"\n",
+                                    b"3 12 4", b""])
+def test_torn_seqnums_slot_falls_back_to_the_other(tmp_path: Path, damage: bytes) -> None:
+    store = FileStore(tmp_path)
+    for sender in (5, 6, 7):  # generations 1, 2, 3: slot 1 holds 7, slot 0 holds 6
+        store.set_next_sender_seq(sender)
+        store.commit()
+    store.close()
+    assert on_disk(tmp_path) == (7, 1)
+    with open(tmp_path / "seqnums", "r+b") as file:
+        file.seek(64)
+        file.write(damage.ljust(64, b"\x00") if damage else b"")
+        if not damage:
+            file.truncate(64)
+    assert on_disk(tmp_path) == (6, 1)
 
 
 def test_messages_must_be_saved_in_order(tmp_path: Path) -> None:
@@ -123,7 +146,7 @@ def test_opener_uses_a_directory_per_pair_and_refuses_unsafe_comp_ids(tmp_path: 
     store = open_store("CMX", "MM-1")
     store.set_next_target_seq(7)
     store.close()
-    assert (tmp_path / "CMX-MM-1" / "seqnums").read_text() == "1 7\n"
+    assert on_disk(tmp_path / "CMX-MM-1") == (1, 7)
     with pytest.raises(ValueError):
         open_store("CMX", "../../etc")
 
