@@ -47,7 +47,8 @@ UNKNOWN_SYMBOL, EXCHANGE_CLOSED, QUOTE_EXCEEDS_LIMIT, UNKNOWN_QUOTE = 1, 2, 3, 5
 INVALID_PRICE, OTHER = 8, 99
 _REASONS = {"unknown_symbol": UNKNOWN_SYMBOL, "instrument_halted": EXCHANGE_CLOSED,
             "invalid_price": INVALID_PRICE, "price_out_of_band": INVALID_PRICE,
-            "would_cross": INVALID_PRICE, "unknown_order": UNKNOWN_QUOTE}
+            "off_tick": INVALID_PRICE, "would_cross": INVALID_PRICE, "post_only": INVALID_PRICE,
+            "unknown_order": UNKNOWN_QUOTE}
 _ENTRY_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
 _ENTRY_TAGS = (299, *INSTRUMENT_TAGS, 132, 133, 134, 135, 62, 188, 190, 189, 191, 631, 632,
                633, 634, 60, 336, 625, 64, 40, 193, 192, 642, 643, 15)
@@ -263,19 +264,25 @@ class QuoteDesk:
         request = self._requests.pop(str(getattr(message, "id", "")), None)
         if request is None:
             return
-        ack = request.ack
+        ack, operation = request.ack, request.operation
         ack.outstanding -= 1
-        if isinstance(message, api.Error) and not (
-                isinstance(request.operation, api.Cancel) and message.code == "unknown_order"):
-            reason = _REASONS.get(message.code, OTHER)
+        code, text = "", ""
+        if isinstance(message, api.Error):
+            code, text = message.code, message.msg
+        elif isinstance(message, api.OrderReply) and message.order is not None and \
+                message.order.status in ("cancelled", "rejected") and \
+                not isinstance(operation, api.Cancel):  # a post-only quote that would cross
+            code = message.order.reason or ""
+            text = f"{operation.cl_ord_id} {message.order.status}: {code}"
+        if code and not (isinstance(operation, api.Cancel) and code == "unknown_order"):
             if request.entry is not None:
-                request.entry.fail(reason, message.msg)
+                request.entry.fail(_REASONS.get(code, OTHER), text)
             else:
-                ack.status, ack.text = REJECTED, message.msg
-            if isinstance(request.operation, api.Amend) and message.code != "unknown_order":
+                ack.status, ack.text = REJECTED, text
+            if isinstance(operation, api.Amend) and isinstance(message, api.Error) and \
+                    code != "unknown_order":
                 with contextlib.suppress(RequestError):  # unless it is gone already
-                    self._submit(ack, request.entry,
-                                 api.Cancel(cl_ord_id=request.operation.cl_ord_id))
+                    self._submit(ack, request.entry, api.Cancel(cl_ord_id=operation.cl_ord_id))
         self._settle(ack)
 
     def _settle(self, ack: Acknowledgement) -> None:
