@@ -58,6 +58,8 @@ _STPS = {"N": api.Stp.CANCEL_NEWEST, "O": api.Stp.CANCEL_OLDEST, "B": api.Stp.CA
 _FIX_TYPES = {OrderType.LIMIT: "2", OrderType.MARKET: "1", OrderType.STOP_MARKET: "3",
               OrderType.STOP_LIMIT: "4"}
 _FIX_SIDES = {Side.BUY: "1", Side.SELL: "2"}
+_SIDE_CODES = frozenset(("1", "2", "3", "4", "5", "6", "7", "8", "9", "A", "B", "C", "D", "E",
+                         "F", "G"))  # Side 54's values in FIX 4.4
 
 
 @dataclass
@@ -88,6 +90,8 @@ class Pending:
     orig_cl_ord_id: str = ""
     order_id: int = 0
     mass_type: str = ""
+    side: str = ""  # of a D: a refusal's ExecutionReport must carry 54 and 55
+    symbol: str = ""
 
 
 class FixAcceptor:
@@ -246,7 +250,8 @@ class FixConnection(Session):
         if existing is not None:  # the live order, not a second one: report its status
             self._status(self._adopt(existing.order_id), request.cl_ord_id)
             return []
-        self._pending[request_id] = Pending("D", request.cl_ord_id)
+        self._pending[request_id] = Pending("D", request.cl_ord_id, side=message.get(54) or "",
+                                            symbol=request.symbol)
         order_entry.place(self.gateway, self, account, request)
         return []
 
@@ -362,7 +367,11 @@ class FixConnection(Session):
             self._reported.add(event.client_order_id)
             self._report(accepted, exec_id, "0", ts)
         elif isinstance(event, OrderRejected) and event.order_id == 0:
-            self._reject_order(event.client_order_id, f"refused: {event.reason}", ts)
+            placing = next((p for p in self._pending.values()
+                            if p.msg_type == "D" and p.cl_ord_id == event.client_order_id),
+                           None)
+            self._reject_order(event.client_order_id, f"refused: {event.reason}",
+                               placing.side if placing else "", event.symbol, ts)
         elif isinstance(event, Trade):
             for order_id, remaining, who in ((event.maker_order_id, event.maker_remaining,
                                               event.maker_account),
@@ -456,10 +465,15 @@ class FixConnection(Session):
     def _status(self, order: FixOrder, cl_ord_id: str) -> None:
         self._report(order, f"S{order.order_id}.{self._now}", "I", self._now, cl=cl_ord_id)
 
-    def _reject_order(self, cl_ord_id: str, text: str, ts: int | None = None) -> None:
-        self.out("8", [(37, "NONE"), (11, cl_ord_id), (17, f"R{self._now}.{cl_ord_id}"),
-                        (150, "8"), (39, "8"), (103, 99), (151, "0"), (14, "0"), (6, "0"),
-                        (58, text[:200]), (60, format_utc_timestamp(ts or self._now))])
+    def _reject_order(self, cl_ord_id: str, text: str, side: str, symbol: str,
+                      ts: int | None = None) -> None:
+        body: list[Field] = [(37, "NONE"), (11, cl_ord_id), (17, f"R{self._now}.{cl_ord_id}"),
+                             (150, "8"), (39, "8"), (103, 99)]
+        if symbol:
+            body.append((55, symbol))
+        body += [(54, side if side in _SIDE_CODES else "1"), (151, "0"), (14, "0"), (6, "0"),
+                 (58, text[:200]), (60, format_utc_timestamp(ts or self._now))]
+        self.out("8", body)
 
     def _cancel_reject(self, pending: Pending, order: FixOrder | None, text: str,
                        reason: int) -> None:
@@ -474,7 +488,7 @@ class FixConnection(Session):
         kind = message.msg_type
         cl_ord_id = message.get(11) or "NONE"
         if kind == "D":
-            self._reject_order(cl_ord_id, text)
+            self._reject_order(cl_ord_id, text, message.get(54) or "", message.get(55) or "")
         elif kind in ("F", "G"):
             self._cancel_reject(Pending(kind, cl_ord_id, message.get(41) or ""), None, text,
                                 1 if code == "unknown_order" else 99)

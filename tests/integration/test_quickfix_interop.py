@@ -12,8 +12,6 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
-
 from engine.commands import CreditDeposit, PlaceOrder, SetCapacity
 from engine.messages import Side
 from gateway.auth import address_of
@@ -180,8 +178,6 @@ def test_trade_reports_pass_quickfix_validation(tmp_path: Path) -> None:
     run(tmp_path, test)
 
 
-@pytest.mark.xfail(strict=True, reason="the ExecutionReport of a refused order lacks Side 54, "
-                   "which FIX44.xml requires: QuickFIX rejects it")
 def test_refused_order_report_passes_quickfix_validation(tmp_path: Path) -> None:
     async def test(venue: Venue) -> None:
         quickfix = venue.quickfix
