@@ -88,7 +88,8 @@ class FieldGroup:
         return self._first.get(tag)
 
     def get_int(self, tag: int) -> int | None:
-        """The first value of ``tag`` as a plain decimal integer, or None if absent or not one."""
+        """The first value of ``tag`` as a plain decimal integer (up to 18 digits), or None
+        if absent or not one."""
         value = self._first.get(tag)
         if value is None or not _is_int(value):
             return None
@@ -167,7 +168,9 @@ ParseResult = FixMessage | Garbled
 
 
 def _is_int(text: str) -> bool:
-    return text.isascii() and text.isdigit()
+    # At most 18 digits: FIX numbers are far smaller, and Python refuses to convert
+    # strings of thousands of digits.
+    return len(text) <= 18 and text.isascii() and text.isdigit()
 
 
 def _text(value: FieldValue) -> str:

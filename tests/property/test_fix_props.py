@@ -224,9 +224,10 @@ def framed_messages(draw: st.DrawFn, expected: int) -> bytes:
         if draw(st.booleans()):
             fields.append((tag, draw(choice)))
     if draw(st.integers(0, 9)) > 0:
-        fields.append((34, draw(st.integers(max(1, expected - 2), expected + 3))))
+        fields.append((34, draw(st.one_of(st.integers(max(1, expected - 2), expected + 3),
+                                          st.sampled_from(["x", "-1", "9" * 5000])))))
     fields += draw(st.lists(st.tuples(st.sampled_from([7, 16, 36, 112, 123, 11, 55, 58]),
-                                      st.sampled_from(["0", "1", "2", "5", "Y", "x"])),
+                                      st.sampled_from(["0", "1", "2", "5", "Y", "x", "9" * 5000])),
                             max_size=5))
     return frame(encode_fields(fields))
 

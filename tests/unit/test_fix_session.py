@@ -448,9 +448,11 @@ def test_time_and_compid_problems_are_rejected_then_logged_out(
     assert link.stores["CMX", "MM1"].next_target_seq() == 3
 
 
-def test_missing_seq_num_logs_out() -> None:
+@pytest.mark.parametrize("seq", [None, "x", "-3", "9" * 5000])
+def test_missing_or_unreadable_seq_num_logs_out(seq: str | None) -> None:
     link = logged_on_link()
-    link.feed(ACC, handmade([(35, "D"), (49, "MM1"), (56, "CMX"), (52, stamp())]))
+    number = [] if seq is None else [(34, seq)]
+    link.feed(ACC, handmade([(35, "D"), (49, "MM1"), (56, "CMX"), *number, (52, stamp())]))
     assert last(link, ACC).get(58) == "MsgSeqNum missing or not a number"
     assert link.acceptor.closed
 
