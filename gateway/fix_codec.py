@@ -8,14 +8,16 @@ Sans-I/O and stateless apart from the parser's buffer.
   BodyLength counts the bytes after ``9=n<SOH>`` up to and including the SOH before ``10=``;
   CheckSum is the sum of the bytes from ``8=`` to that SOH, mod 256, as three digits.
   Field values are ``str`` (UTF-8), ``int`` or ``bytes``; they may not contain SOH or be empty.
-- ``group_fields(count_tag, entries)`` flattens a repeating group for ``encode``.
+- ``group_fields(count_tag, entries)`` flattens a repeating group for ``encode``;
+  ``encode_fields``, ``frame`` and ``checksum_of`` are the pieces ``encode`` is made of.
+  ``HEADER_TAGS``, ``FIX44_MSG_TYPES`` and ``ADMIN_MSG_TYPES`` are the stock sets.
 - ``FixParser().feed(data)`` takes bytes in arbitrary chunks and returns, in stream order,
   ``FixMessage`` for each well-formed message and ``Garbled(reason, raw)`` for each stretch
   of bytes it dropped (wrong BeginString, bad BodyLength, wrong CheckSum, MsgType not the
   third field, a malformed field, a message over ``max_message_size``, bytes between
   messages). It never raises on its input, resynchronises on the next ``8=FIX``, and holds at
   most about ``max_message_size`` bytes. Every fed byte ends up in exactly one result's
-  ``raw`` or is still buffered.
+  ``raw`` or is still buffered. Raw data fields (95/96...) holding SOH are not supported.
 - ``decode(data)`` parses exactly one whole message (``FixMessage`` or ``Garbled``).
 - ``possdup_parts(raw)`` takes a sent message apart for a PossDup resend.
 - ``FixMessage``: ``fields`` (tag, str value) in wire order, ``raw``, ``msg_type``,
