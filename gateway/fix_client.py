@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ from gateway.fix_session import (
     State,
 )
 from gateway.fix_store import FileStore, MemoryStore, SessionStore
+
+log = logging.getLogger(__name__)
 
 EXCHANGE_COMP_ID = "CMX"
 TIMER_S = 0.2
@@ -281,7 +284,10 @@ class FixClient:
         elif message.msg_type == "9":
             self._orders.pop(message.get(11) or "", None)
         if self.on_message is not None:
-            self.on_message(message)
+            try:
+                self.on_message(message)
+            except Exception:  # the session must outlive a failing handler
+                log.exception("on_message failed on %r", message)
         else:
             self.messages.put_nowait(message)
 
@@ -329,23 +335,24 @@ class FixClient:
         self.send("D", body)
         return cl_ord_id
 
-    def cancel(self, orig_cl_ord_id: str) -> str:
+    def cancel(self, orig_cl_ord_id: str, *, cl_ord_id: str | None = None) -> str:
         """OrderCancelRequest F of the order whose current ClOrdID is ``orig_cl_ord_id``.
         Returns the cancel's ClOrdID. Raises KeyError for an order this client does not
         know as live."""
         order = self._orders[orig_cl_ord_id]
-        cl_ord_id = self.next_cl_ord_id()
+        cl_ord_id = cl_ord_id or self.next_cl_ord_id()
         self._orders[cl_ord_id] = order
         self.send("F", [(41, orig_cl_ord_id), (11, cl_ord_id), (55, order.symbol),
                         (54, SIDES[order.side]), (60, _now())])
         return cl_ord_id
 
-    def replace(self, orig_cl_ord_id: str, price: str, qty: str) -> str:
+    def replace(self, orig_cl_ord_id: str, price: str, qty: str, *,
+                cl_ord_id: str | None = None) -> str:
         """OrderCancelReplaceRequest G: new price and total quantity. Returns the new
         ClOrdID, which names the order once the exchange confirms (150=5). Raises KeyError
         for an order this client does not know as live."""
         order = self._orders[orig_cl_ord_id]
-        cl_ord_id = self.next_cl_ord_id()
+        cl_ord_id = cl_ord_id or self.next_cl_ord_id()
         self._orders[cl_ord_id] = order
         self.send("G", [(41, orig_cl_ord_id), (11, cl_ord_id), (55, order.symbol),
                         (54, SIDES[order.side]), (60, _now()), (38, qty), (40, "2"),
