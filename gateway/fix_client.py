@@ -49,9 +49,9 @@ from gateway.fix_session import (
     FixSession,
     LoggedOn,
     LoggedOut,
+    Rejected,
     Send,
     SessionConfig,
-    State,
 )
 from gateway.fix_store import FileStore, MemoryStore, SessionStore
 
@@ -133,7 +133,6 @@ class FixClient:
         self._closing = False
         self._connection_closed = asyncio.Event()
         self._first_refusal: asyncio.Future[str] | None = None
-        self._held: list[tuple[str, Sequence[Field]]] = []
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -258,14 +257,11 @@ class FixClient:
             if isinstance(action, Send):
                 if self._writer is not None and not self._writer.is_closing():
                     self._writer.write(action.data)
-            elif isinstance(action, Deliver):
+            elif isinstance(action, Deliver | Rejected):
                 self._deliver(action.message)
             elif isinstance(action, LoggedOn):
                 self.logons += 1
                 self._logged_on.set()
-                held, self._held = self._held, []
-                for msg_type, body in held:
-                    self.send(msg_type, body)
             elif isinstance(action, LoggedOut):
                 self._logged_on.clear()
                 self.last_disconnect = action.reason
@@ -299,12 +295,8 @@ class FixClient:
 
     def send(self, msg_type: str, body: Sequence[Field]) -> None:
         """Send an application message. While disconnected it is stored under its number
-        and goes out by resend after the next logon; during a logon handshake it waits
-        for the handshake (a number used then would go unnoticed until a later one)."""
-        if self.session.state is State.AWAITING_LOGON:
-            self._held.append((msg_type, body))
-        else:
-            self._carry(self.session.send(msg_type, body, time.time_ns()))
+        and goes out by resend after the next logon."""
+        self._carry(self.session.send(msg_type, body, time.time_ns()))
 
     def new_order(
         self,
