@@ -16,6 +16,7 @@ from pathlib import Path
 
 import quickfix
 
+from engine.exchange import Exchange
 from engine.messages import Side
 from gateway.auth import address_of, sign_text
 from gateway.fix_app import EXCHANGE_COMP_ID, FixAcceptor, FixConnection
@@ -132,9 +133,9 @@ def apply_market_data(books: dict[str, Book], message: FixMessage) -> None:
             levels[price] = Decimal(entry.get(271) or "")
 
 
-def engine_book(floor: Floor, symbol: str, depth: int) -> Book:
+def engine_book(exchange: Exchange, symbol: str, depth: int) -> Book:
     """The engine's top ``depth`` levels of ``symbol`` in the same shape."""
-    market = floor.exchange.markets[symbol]
+    market = exchange.markets[symbol]
     instrument = market.instrument
     return {
         kind: {Decimal(instrument.ticks_to_price(p)): Decimal(instrument.lots_to_qty(q))

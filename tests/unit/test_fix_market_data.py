@@ -71,7 +71,7 @@ def test_snapshot_then_increments_rebuild_the_engine_book(floor: Floor) -> None:
     assert answer[0].get(262) == "md1" and answer[0].get(55) == FUTURE
     books: dict[str, Book] = {}
     apply_market_data(books, answer[0])
-    assert books[FUTURE] == engine_book(floor, FUTURE, 10)
+    assert books[FUTURE] == engine_book(floor.exchange, FUTURE, 10)
     assert len(books[FUTURE]["0"]) == 10  # 15 bid levels, cut to the depth
     seen: list[FixMessage] = list(answer)
     for _ in range(300):
@@ -91,7 +91,7 @@ def test_snapshot_then_increments_rebuild_the_engine_book(floor: Floor) -> None:
         for message in increments:
             apply_market_data(books, message)
         seen += increments
-        assert books[FUTURE] == engine_book(floor, FUTURE, 10)
+        assert books[FUTURE] == engine_book(floor.exchange, FUTURE, 10)
     actions = {e.get(279) for m in of_type(seen, "X")
                for e in m.groups(268, (279, 269, 55, 270, 271))}
     assert actions == {"0", "1", "2"}
@@ -111,7 +111,7 @@ def test_trades_are_entries_of_type_2_when_asked_for(floor: Floor) -> None:
     assert trades == [("2", "2.500", "2", "0")]
     for message in increments:
         apply_market_data(books, message)
-    assert books[FUTURE] == engine_book(floor, FUTURE, 500)
+    assert books[FUTURE] == engine_book(floor.exchange, FUTURE, 500)
     again = watcher(floor, sender="MD2").send("V", request("md3", [FUTURE], types=("2",)))
     entries = again[0].groups(268, (269, 270, 271))
     assert [(e.get(269), e.get(270), e.get(271)) for e in entries] == [("2", "2.500", "2")]
