@@ -9,6 +9,7 @@ from typing import Any
 
 from loadtest.bench_core import main_core
 from loadtest.bench_engine import main_engine
+from loadtest.fix import main_fix
 from loadtest.ws import main_ws
 from loadtest.ws_fanout import main_fanout
 
@@ -61,7 +62,8 @@ def register(commands: Any) -> None:
 def _register_loadtest(commands: Any) -> None:
     loadtest: argparse.ArgumentParser = commands.add_parser(
         "loadtest",
-        help="load the websocket API from separate processes and report latencies",
+        help="load the websocket API or the FIX port from separate processes and report "
+        "latencies",
         description="Open-loop load tests of a running exchange; see BENCHMARKS.md.",
     )
     kinds = loadtest.add_subparsers(dest="loadtest", metavar="TEST", required=True)
@@ -109,6 +111,37 @@ def _register_loadtest(commands: Any) -> None:
     fanout.add_argument("--duration", type=float, default=10.0, metavar="S")
     _common(fanout, procs_help="subscriber processes (default 1)")
     fanout.set_defaults(handler=_loadtest_fanout)
+    fix = kinds.add_parser(
+        "fix",
+        help="FIX order entry at fixed rates over N sessions",
+        description="Open loop at a fixed aggregate rate over N FIX 4.4 sessions, each its "
+        "own account, with the order mix of 'loadtest ws': D around the reference price, F "
+        "of each session's oldest order past --max-live. Ack latency runs from each "
+        "request's scheduled time to its ExecutionReport (New or Rejected) or "
+        "OrderCancelReject, in HDR histograms. By default a fresh server process is spawned "
+        "with its FIX acceptor and the load accounts funded (its per-session order rate "
+        "limit raised: the test measures capacity); --fix targets a running acceptor whose "
+        "load accounts are funded. Exits 1 if any order is lost.",
+    )
+    target = fix.add_mutually_exclusive_group()
+    target.add_argument("--spawn", action="store_true",
+                        help="spawn a fresh server process (the default)")
+    target.add_argument("--fix", metavar="HOST:PORT", help="FIX acceptor of a running server")
+    fix.add_argument("--rate", type=float, nargs="+", default=[10_000.0], metavar="R",
+                     help="aggregate orders/s; several values make several runs "
+                     "(default 10000)")
+    fix.add_argument("--duration", type=float, default=10.0, metavar="S",
+                     help="seconds of load per run (default 10)")
+    fix.add_argument("--sessions", type=int, default=4, metavar="N",
+                     help="FIX sessions (default 4)")
+    _common(fix, procs_help="generator processes (default 1)")
+    fix.add_argument("--store-fsync", action=argparse.BooleanOptionalAction, default=True,
+                     help="spawned server: fsync the FIX session stores at each commit, "
+                     "as cmx serve does (default); --no-store-fsync leaves them to the OS")
+    fix.add_argument("--max-live", type=int, default=50,
+                     help="resting orders per session before it cancels its oldest "
+                     "(default 50)")
+    fix.set_defaults(handler=_loadtest_fix)
 
 
 def _common(parser: argparse.ArgumentParser, procs_help: str) -> None:
@@ -125,6 +158,13 @@ def _loadtest_ws(args: argparse.Namespace) -> int:
     return main_ws(args.url, args.rate, duration_s=args.duration, clients=args.clients,
                    procs=args.procs, symbol=args.symbol, max_live=args.max_live,
                    drain_s=args.drain, json_path=args.json, plot_path=args.plot)
+
+
+def _loadtest_fix(args: argparse.Namespace) -> int:
+    return main_fix(args.fix, args.rate, duration_s=args.duration, sessions=args.sessions,
+                    procs=args.procs, symbol=args.symbol, max_live=args.max_live,
+                    drain_s=args.drain, json_path=args.json, plot_path=args.plot,
+                    store_fsync=args.store_fsync)
 
 
 def _loadtest_fanout(args: argparse.Namespace) -> int:

@@ -3,8 +3,12 @@
 ``python -m loadtest.ws_server --data-dir DIR --accounts N`` runs the same server as
 ``cmx serve`` (file journal in DIR with group fsync, default gateway limits) after funding the
 load test's N accounts (`load_key`) and giving each H100 capacity to sell, then prints one JSON
-line ``{"port": P}`` and serves until SIGTERM. `SpawnedServer` starts and stops it from the
-load generator and reads its peak memory.
+line ``{"port": P}`` and serves until SIGTERM. With ``--fix-port`` it also runs the FIX
+acceptor as ``cmx serve`` does (session stores in DIR/fix, fsynced at each commit unless
+``--no-fix-store-fsync``), its per-session order rate limit raised to ``--fix-order-rate``
+(the load test measures capacity, not that protection), and the line carries
+``"fix_port"``. `SpawnedServer` starts and stops it from the load generator
+and reads its peak memory.
 
 Accounts are funded by journaled `CreditDeposit` commands, as the chain bridge would: the
 websocket API has no way to create money, so a load test against a running server
@@ -25,7 +29,11 @@ from types import TracebackType
 
 from engine.commands import CreditDeposit, SetCapacity
 from gateway.auth import address_of
+from gateway.fix_app import FixAcceptor
+from gateway.fix_server import FixServer
+from gateway.fix_store import file_stores
 from gateway.hub import Gateway
+from gateway.rate_limit import RateLimit
 from gateway.serve import MARKET_DATA_MS, open_sequencer
 from gateway.server import ExchangeServer
 
@@ -39,8 +47,9 @@ def load_key(index: int) -> str:
     return "0x" + hashlib.sha256(f"cmx load test account {index}".encode()).hexdigest()
 
 
-async def serve(data_dir: Path, port: int, accounts: int) -> None:
-    """Fund the load accounts, listen, report the port on stdout, serve until SIGTERM."""
+async def serve(data_dir: Path, port: int, accounts: int, fix_port: int | None = None,
+                fix_order_rate: int = 100_000, fix_store_fsync: bool = True) -> None:
+    """Fund the load accounts, listen, report the port(s) on stdout, serve until SIGTERM."""
     sequencer = open_sequencer(data_dir)
     gateway = Gateway(sequencer, market_data_interval_ns=MARKET_DATA_MS * 1_000_000)
     server = ExchangeServer(gateway, port=port)
@@ -51,14 +60,24 @@ async def serve(data_dir: Path, port: int, accounts: int) -> None:
         for underlying in UNDERLYINGS:
             gateway.submit(SetCapacity(account, underlying, CAPACITY_UNITS))
     gateway.publish(sequencer.sync())
+    ports = {"port": server.port}
+    fix = None
+    if fix_port is not None:
+        acceptor = FixAcceptor(gateway, file_stores(data_dir / "fix", fsync=fix_store_fsync),
+                               rate_limit=RateLimit(fix_order_rate, 2 * fix_order_rate))
+        fix = FixServer(acceptor, server.pump, port=fix_port)
+        await fix.start()
+        ports["fix_port"] = fix.port
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    print(json.dumps({"port": server.port}), flush=True)
+    print(json.dumps(ports), flush=True)
     try:
         await stop.wait()
     finally:
+        if fix is not None:
+            await fix.stop()
         await server.stop()
         sequencer.journal.close()
 
@@ -66,10 +85,14 @@ async def serve(data_dir: Path, port: int, accounts: int) -> None:
 class SpawnedServer:
     """A `loadtest.ws_server` process on a free loopback port (use as a context manager)."""
 
-    def __init__(self, data_dir: Path, accounts: int) -> None:
+    def __init__(self, data_dir: Path, accounts: int, *, fix: bool = False,
+                 fix_store_fsync: bool = True) -> None:
         self.data_dir = data_dir
         self.accounts = accounts
+        self.fix = fix
+        self.fix_store_fsync = fix_store_fsync
         self.port = 0
+        self.fix_port = 0
         self._process: subprocess.Popen[str] | None = None
 
     @property
@@ -80,15 +103,22 @@ class SpawnedServer:
     def __enter__(self) -> SpawnedServer:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "loadtest.ws_server", "--data-dir", str(self.data_dir),
-             "--accounts", str(self.accounts)],
+             "--accounts", str(self.accounts), *self._fix_arguments()],
             stdout=subprocess.PIPE, text=True)
         assert self._process.stdout is not None
         line = self._process.stdout.readline()
         if not line:
             self._process.wait(timeout=10)
             raise RuntimeError(f"load test server exited with {self._process.returncode}")
-        self.port = int(json.loads(line)["port"])
+        ports = json.loads(line)
+        self.port = int(ports["port"])
+        self.fix_port = int(ports.get("fix_port", 0))
         return self
+
+    def _fix_arguments(self) -> list[str]:
+        if not self.fix:
+            return []
+        return ["--fix-port", "0", *([] if self.fix_store_fsync else ["--no-fix-store-fsync"])]
 
     def peak_rss_mb(self) -> float:
         """The server's peak resident memory so far (VmHWM), in MiB."""
@@ -117,8 +147,12 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--accounts", type=int, required=True)
+    parser.add_argument("--fix-port", type=int, default=None)
+    parser.add_argument("--fix-order-rate", type=int, default=100_000)
+    parser.add_argument("--no-fix-store-fsync", dest="fix_store_fsync", action="store_false")
     args = parser.parse_args()
-    asyncio.run(serve(args.data_dir, args.port, args.accounts))
+    asyncio.run(serve(args.data_dir, args.port, args.accounts, args.fix_port,
+                      args.fix_order_rate, args.fix_store_fsync))
 
 
 if __name__ == "__main__":
