@@ -58,7 +58,7 @@ class FixServer:
 
         def carry(actions: list[Action]) -> None:
             for action in actions:
-                if isinstance(action, Send) and not closed.is_set():
+                if isinstance(action, Send) and not closed.is_set() and not writer.is_closing():
                     writer.write(action.data)
                 elif isinstance(action, Disconnect):
                     closed.set()

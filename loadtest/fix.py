@@ -25,6 +25,7 @@ from typing import Any
 
 from gateway.fix_client import TERMINAL_STATUSES, FixClient
 from gateway.fix_codec import FixMessage
+from gateway.fix_session import SessionConfig
 from loadtest.report import Latencies, plot, write_json
 from loadtest.ws import CROSSING_SHARE, Begin, price_ladder, run_workers, summarize
 from loadtest.ws_server import SpawnedServer, load_key
@@ -67,8 +68,10 @@ class _Trader:
         self.job = job
         self.stats = stats
         self.rng = random.Random(job.seed * 1_000_003 + number)
+        # a fresh session each run (141=Y): the numbers of an earlier run do not matter
         self.client = FixClient(job.host, job.port, key, sender_comp_id=f"LOAD{number}",
-                                on_message=self.on_message)
+                                on_message=self.on_message,
+                                config=SessionConfig(heartbeat_s=10, reset_on_logon=True))
         self.live: deque[str] = deque()
         self.pending: dict[str, tuple[int, str]] = {}  # ClOrdID -> (due ns, op)
 
