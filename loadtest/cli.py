@@ -135,9 +135,9 @@ def _register_loadtest(commands: Any) -> None:
     fix.add_argument("--sessions", type=int, default=4, metavar="N",
                      help="FIX sessions (default 4)")
     _common(fix, procs_help="generator processes (default 1)")
-    fix.add_argument("--store-fsync", action=argparse.BooleanOptionalAction, default=True,
-                     help="spawned server: fsync the FIX session stores at each commit, "
-                     "as cmx serve does (default); --no-store-fsync leaves them to the OS")
+    fix.add_argument("--store-fsync", action="store_true",
+                     help="spawned server: fsync the FIX session stores at each commit "
+                     "(cmx serve writes them through to the OS without, the default)")
     fix.add_argument("--max-live", type=int, default=50,
                      help="resting orders per session before it cancels its oldest "
                      "(default 50)")

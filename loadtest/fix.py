@@ -198,9 +198,9 @@ def describe(figures: dict[str, Any]) -> str:
 
 def main_fix(address: str | None, rates: Sequence[float], *, duration_s: float, sessions: int,
              procs: int, symbol: str, max_live: int, drain_s: float, json_path: str | None,
-             plot_path: str | None, store_fsync: bool = True) -> int:
+             plot_path: str | None, store_fsync: bool = False) -> int:
     """``cmx loadtest fix``: one run per rate against a fresh spawned server each (its FIX
-    session stores fsynced at each commit unless not ``store_fsync``), or the acceptor at
+    session stores fsynced at each commit only with ``store_fsync``), or the acceptor at
     ``address`` (HOST:PORT, whose load accounts must be funded); prints a line per run,
     writes JSON and the plot. Exits 1 if any order was lost."""
     runs: list[dict[str, Any]] = []

@@ -4,10 +4,10 @@
 ``cmx serve`` (file journal in DIR with group fsync, default gateway limits) after funding the
 load test's N accounts (`load_key`) and giving each H100 capacity to sell, then prints one JSON
 line ``{"port": P}`` and serves until SIGTERM. With ``--fix-port`` it also runs the FIX
-acceptor as ``cmx serve`` does (session stores in DIR/fix, fsynced at each commit unless
-``--no-fix-store-fsync``), its per-session order rate limit raised to ``--fix-order-rate``
-(the load test measures capacity, not that protection), and the line carries
-``"fix_port"``. `SpawnedServer` starts and stops it from the load generator
+acceptor as ``cmx serve`` does (session stores in DIR/fix, written through to the OS and
+fsynced only with ``--fix-store-fsync``), its per-session order rate limit raised to
+``--fix-order-rate`` (the load test measures capacity, not that protection), and the line
+carries ``"fix_port"``. `SpawnedServer` starts and stops it from the load generator
 and reads its peak memory.
 
 Accounts are funded by journaled `CreditDeposit` commands, as the chain bridge would: the
@@ -48,7 +48,7 @@ def load_key(index: int) -> str:
 
 
 async def serve(data_dir: Path, port: int, accounts: int, fix_port: int | None = None,
-                fix_order_rate: int = 100_000, fix_store_fsync: bool = True) -> None:
+                fix_order_rate: int = 100_000, fix_store_fsync: bool = False) -> None:
     """Fund the load accounts, listen, report the port(s) on stdout, serve until SIGTERM."""
     sequencer = open_sequencer(data_dir)
     gateway = Gateway(sequencer, market_data_interval_ns=MARKET_DATA_MS * 1_000_000)
@@ -86,7 +86,7 @@ class SpawnedServer:
     """A `loadtest.ws_server` process on a free loopback port (use as a context manager)."""
 
     def __init__(self, data_dir: Path, accounts: int, *, fix: bool = False,
-                 fix_store_fsync: bool = True) -> None:
+                 fix_store_fsync: bool = False) -> None:
         self.data_dir = data_dir
         self.accounts = accounts
         self.fix = fix
@@ -118,7 +118,7 @@ class SpawnedServer:
     def _fix_arguments(self) -> list[str]:
         if not self.fix:
             return []
-        return ["--fix-port", "0", *([] if self.fix_store_fsync else ["--no-fix-store-fsync"])]
+        return ["--fix-port", "0", *(["--fix-store-fsync"] if self.fix_store_fsync else [])]
 
     def peak_rss_mb(self) -> float:
         """The server's peak resident memory so far (VmHWM), in MiB."""
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, required=True)
     parser.add_argument("--fix-port", type=int, default=None)
     parser.add_argument("--fix-order-rate", type=int, default=100_000)
-    parser.add_argument("--no-fix-store-fsync", dest="fix_store_fsync", action="store_false")
+    parser.add_argument("--fix-store-fsync", action="store_true")
     args = parser.parse_args()
     asyncio.run(serve(args.data_dir, args.port, args.accounts, args.fix_port,
                       args.fix_order_rate, args.fix_store_fsync))
