@@ -171,8 +171,7 @@ class _Recorder(fix.Application):  # type: ignore[misc]  # quickfix has no type 
             return list(self.traffic), set(self.logged_on), list(self.errors)
 
 
-def session_settings(directory: Path, port: int, sender_comp_ids: Iterable[str], *,
-                     heartbeat: int = 5) -> str:
+def session_settings(directory: Path, port: int, sender_comp_ids: Iterable[str]) -> str:
     """A SocketInitiator configuration: one FIX.4.4 session to CMX per SenderCompID, the
     stock FIX44.xml as data dictionary and QuickFIX's default validation left on."""
     default = f"""[DEFAULT]
@@ -181,7 +180,7 @@ BeginString={BEGIN_STRING}
 TargetCompID={EXCHANGE_COMP_ID}
 SocketConnectHost=127.0.0.1
 SocketConnectPort={port}
-HeartBtInt={heartbeat}
+HeartBtInt=5
 ReconnectInterval=1
 StartTime=00:00:00
 EndTime=00:00:00
@@ -238,13 +237,19 @@ class QuickFixInitiator:
 
     def problems(self) -> list[str]:
         """What went wrong on QuickFIX's side: every Reject or BusinessMessageReject it sent
-        (an exchange message failed its validation), every Logout it sent or received
-        with a reason, and any error in the callbacks."""
+        (an exchange message failed its validation), a Logout it sent with a reason (its
+        answer to a fatal session error), a Logout the exchange sent first, and any error in
+        the callbacks."""
         traffic, _, errors = self._application.snapshot()
-        found = [f"QuickFIX sent {t.message}" for t in traffic
-                 if t.outbound and t.message.msg_type in REJECT_TYPES]
-        found += [f"Logout {'sent' if t.outbound else 'received'}: {t.message}"
-                  for t in traffic if t.message.msg_type == "5" and t.message.get(58)]
+        found = []
+        logging_out = False
+        for t in traffic:
+            kind = t.message.msg_type
+            if t.outbound and (kind in REJECT_TYPES or (kind == "5" and t.message.get(58))):
+                found.append(f"QuickFIX sent {t.message}")
+            elif kind == "5" and not t.outbound and not logging_out:
+                found.append(f"the exchange logged out: {t.message}")
+            logging_out = logging_out or (kind == "5" and t.outbound)
         return found + errors
 
     def event_log(self) -> str:
@@ -253,11 +258,10 @@ class QuickFixInitiator:
                          for path in sorted((self.directory / "log").glob("*.event.current.log")))
 
     def _failure(self, what: str) -> AssertionError:
-        return AssertionError(f"{what}\nproblems: {self.problems()}\n"
-                              f"traffic:\n" + "\n".join(
-                                  f"{'>>' if t.outbound else '<<'} {t.message}"
-                                  for t in self.traffic()) +
-                              f"\nQuickFIX event log:\n{self.event_log()}")
+        traffic = "\n".join(f"{'>>' if t.outbound else '<<'} {t.message}"
+                            for t in self.traffic())
+        return AssertionError(f"{what}\nproblems: {self.problems()}\ntraffic:\n{traffic}\n"
+                              f"QuickFIX event log:\n{self.event_log()}")
 
     async def _until(self, ready: Callable[[], bool], what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -266,13 +270,13 @@ class QuickFixInitiator:
                 raise self._failure(what)
             await asyncio.sleep(0.01)
 
-    async def logged_on(self, sender: str, timeout: float = 10) -> None:
+    async def logged_on(self, sender: str, timeout: float = 20) -> None:
         """Wait until ``sender``'s session is logged on."""
         await self._until(lambda: sender in self._application.snapshot()[1],
                           f"{sender} did not log on", timeout)
 
     async def received(self, sender: str, msg_type: str, tags: dict[int, str],
-                       timeout: float = 10) -> FixMessage:
+                       timeout: float = 20) -> FixMessage:
         """Wait for an application message ``msg_type`` with ``tags`` that reached
         ``sender``'s fromApp, that is, passed QuickFIX's validation."""
         def found() -> FixMessage | None:
