@@ -89,9 +89,14 @@ class TraderClient:
     """One websocket connection to the exchange, with its requests and local books."""
 
     def __init__(self, *, on_message: Callable[[Any], None] | None = None,
-                 on_ack: AckCallback | None = None) -> None:
+                 on_ack: AckCallback | None = None, keep_books: bool = True) -> None:
         self.on_message = on_message
         self.on_ack = on_ack
+        self.keep_books = keep_books
+        """False: book messages are only checked for ``seq`` continuity (a gap still asks
+        for a resync) and passed on, with no local book and no checksum: for a client that
+        only watches updates go by, at a fraction of the cost."""
+        self.book_seqs: dict[str, int] = {}
         self.messages: asyncio.Queue[Any] = asyncio.Queue()
         """Channel messages (and replies nobody waits for) when there is no ``on_message``."""
         self.books: dict[str, LocalBook] = {}
@@ -282,7 +287,8 @@ class TraderClient:
         if channel == api.Channel.BOOK:
             request["depth"] = depth
             for symbol in symbols:
-                self.books[symbol] = LocalBook(symbol, depth)
+                if self.keep_books:
+                    self.books[symbol] = LocalBook(symbol, depth)
         reply: api.Subscribed = await self.request(request)
         return reply
 
@@ -304,10 +310,16 @@ class TraderClient:
             return
         message = _channels.get(envelope.channel, _private).decode(frame)
         if isinstance(message, api.BookMessage):
-            book = self.books.get(message.symbol)
-            if book is None:
-                return  # a late update of a book no longer subscribed
-            self._check(message.symbol, book.apply(message))
+            if not self.keep_books:
+                last = self.book_seqs.get(message.symbol)
+                self.book_seqs[message.symbol] = message.seq
+                if message.type == "update" and last is not None and message.prev_seq != last:
+                    self._check(message.symbol, BookStatus.GAP)
+            else:
+                book = self.books.get(message.symbol)
+                if book is None:
+                    return  # a late update of a book no longer subscribed
+                self._check(message.symbol, book.apply(message))
         elif isinstance(message, api.Heartbeat):
             for symbol, seq in message.seqs.items():
                 book = self.books.get(symbol)

@@ -109,6 +109,9 @@ def _register_loadtest(commands: Any) -> None:
     fanout.add_argument("--updates", type=float, default=5000.0,
                         help="driver orders/s, each changing a visible level (default 5000)")
     fanout.add_argument("--duration", type=float, default=10.0, metavar="S")
+    fanout.add_argument("--verify", type=int, default=20, metavar="N",
+                        help="subscribers that keep a checksum-verified book; the rest only "
+                        "check seq continuity (default 20)")
     _common(fanout, procs_help="subscriber processes (default 1)")
     fanout.set_defaults(handler=_loadtest_fanout)
     fix = kinds.add_parser(
@@ -174,7 +177,7 @@ def _loadtest_fanout(args: argparse.Namespace) -> int:
         return 2
     return main_fanout(args.subscribers, args.updates, duration_s=args.duration,
                        procs=args.procs, symbol=args.symbol, drain_s=args.drain,
-                       json_path=args.json, plot_path=args.plot)
+                       json_path=args.json, plot_path=args.plot, verify=args.verify)
 
 
 def _bench_core(args: argparse.Namespace) -> int:
