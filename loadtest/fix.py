@@ -7,7 +7,8 @@ NewOrderSingle D around the reference price (one in twenty crosses as an IOC) or
 more than ``max_live`` resting, an OrderCancelRequest F for its oldest. A slot's latency runs
 from when it was *due* to the first answer naming its ClOrdID: an ExecutionReport (New,
 Rejected, Canceled) or an OrderCancelReject. Refusals count as ``errors``; what has no answer
-after the drain is ``lost``. The generator runs in a process of its own (``procs`` of them),
+after the drain is ``lost``, and so is what a generator that fell more than the drain behind
+its schedule never sent (``unsent``). The generator runs in processes of its own (``procs``),
 separate from the server's; the spawned server is `loadtest.ws_server` with its FIX acceptor.
 """
 
@@ -131,7 +132,7 @@ async def fix_worker(job: FixJob, begin: Begin) -> dict[str, Any]:
     for trader in traders:
         await trader.client.start()
     start_ns = await begin()
-    await _schedule(job, traders, start_ns)
+    unsent = await _schedule(job, traders, start_ns)
     sent_until = time.monotonic_ns()
     deadline = sent_until + int(job.drain_s * 1e9)
     while any(t.pending for t in traders) and time.monotonic_ns() < deadline:
@@ -141,29 +142,34 @@ async def fix_worker(job: FixJob, begin: Begin) -> dict[str, Any]:
         await trader.client.close()
     return {"sent": dict(stats.sent), "acked": stats.latencies.count,
             "errors": dict(stats.errors), "closed_by_server": dict(dropped),
-            "start_ns": start_ns, "sent_until_ns": sent_until,
+            "unsent": unsent, "start_ns": start_ns, "sent_until_ns": sent_until,
             "last_ack_ns": stats.last_ack_ns, "histogram": stats.latencies.encode()}
 
 
-async def _schedule(job: FixJob, traders: list[_Trader], start_ns: int) -> None:
+async def _schedule(job: FixJob, traders: list[_Trader], start_ns: int) -> int:
     """Act in every slot of this worker's sessions at its due time; a late slot is sent at
-    once (its latency still counts from when it was due)."""
+    once (its latency still counts from when it was due). A generator that cannot keep up
+    gives up ``drain_s`` after the schedule's end; returns how many slots it left unsent."""
     interval_ns = 1e9 / job.rate
     total = int(job.rate * job.duration_s)
+    give_up = start_ns + int((job.duration_s + job.drain_s) * 1e9)
     mine = sorted(zip(job.session_numbers, traders, strict=True), key=lambda pair: pair[0])
     slot_round = 0
     while True:
         base = slot_round * job.sessions
         if base >= total:
-            return
+            return 0
         for number, trader in mine:
             slot = base + number
             if slot >= total:
-                return
+                return 0
             due = start_ns + int(slot * interval_ns)
-            delay = due - time.monotonic_ns()
-            if delay > 0:
-                await asyncio.sleep(delay / 1e9)
+            now = time.monotonic_ns()
+            if now > give_up:
+                return sum(1 for later in range(slot, total)
+                           if later % job.sessions in job.session_numbers)
+            if due > now:
+                await asyncio.sleep((due - now) / 1e9)
             trader.act(due)
         slot_round += 1
         if slot_round % 64 == 0:
@@ -180,16 +186,19 @@ def run_fix(host: str, port: int, keys: Sequence[str], *, rate: float, duration_
         host, port, [keys[n % len(keys)] for n in numbers[w::procs]], numbers[w::procs],
         sessions, rate, duration_s, drain_s, symbol, max_live=max_live, seed=seed, **ladder))
         for w in range(min(procs, sessions))]
-    outcomes = run_workers(jobs, duration_s + drain_s)
-    return summarize(outcomes, rate=rate, duration=duration_s, sessions=sessions,
-                     procs=len(jobs))
+    outcomes = run_workers(jobs, 2 * (duration_s + drain_s))
+    figures = summarize(outcomes, rate=rate, duration=duration_s, sessions=sessions,
+                        procs=len(jobs))
+    figures["unsent"] = sum(outcome["unsent"] for outcome in outcomes)
+    figures["lost"] += figures["unsent"]  # due and never answered, like the unanswered
+    return figures
 
 
 def describe(figures: dict[str, Any]) -> str:
     """One human line for a run."""
     return (f"rate {figures['rate']:,.0f}/s x {figures['duration']}s, {figures['sessions']} "
-            f"FIX sessions: sent {figures['sent']:,} acked {figures['acked']:,} lost "
-            f"{figures['lost']} errors {figures['errors']} reconnects "
+            f"FIX sessions: sent {figures['sent']:,} (unsent {figures['unsent']:,}) acked "
+            f"{figures['acked']:,} lost {figures['lost']:,} errors {figures['errors']} reconnects "
             f"{sum(figures['connections_closed_by_server'].values())}; "
             f"{figures['orders_per_s']:,} orders/s; ack p50 {figures['p50_us'] / 1000:.2f} ms "
             f"p99 {figures['p99_us'] / 1000:.2f} ms p99.9 {figures['p999_us'] / 1000:.2f} ms "
