@@ -105,7 +105,9 @@ class FixAcceptor:
         self.open_store = open_store
         self.cancel_on_disconnect = cancel_on_disconnect
         self.rate_limit = rate_limit
-        self.config = config
+        self.config = config or SessionConfig(autocommit=False)
+        """Sessions do not commit their stores themselves: the I/O layer does, after the
+        journal has the orders an input caused (see `gateway.fix_server`)."""
         self.bindings: dict[str, str] = {}  # SenderCompID -> account
         self.last_logon_ns: dict[str, int] = {}
         self.orders: dict[int, FixOrder] = {}

@@ -1,8 +1,11 @@
 """The FIX acceptor's asyncio server: bytes between TCP connections and `FixConnection`s.
 
-It carries out the session's actions (write, disconnect), drives its timers, and after each
-read asks the exchange server to commit the journal (``pump``), so ExecutionReports go out
-once their commands are durable.
+It carries out the session's actions (write, disconnect) and drives its timers. Order matters
+after each read: first the journal takes the commands the input caused (``commit``: handed to
+the OS at once, fsynced by the journal's policy), then the session store records the inbound
+sequence numbers, then replies are written. A crash can thus never leave the store claiming a
+message whose order the journal lacks (the client would not resend it). ExecutionReports go
+out once their commands are durable.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ READ_SIZE = 64 * 1024
 class FixServer:
     """Listens on ``host``:``port`` for FIX initiators (``port`` 0 picks a free one)."""
 
-    def __init__(self, acceptor: FixAcceptor, pump: Callable[[], None], *,
+    def __init__(self, acceptor: FixAcceptor, commit: Callable[[], None], *,
                  host: str = "127.0.0.1", port: int = 9878,
                  clock: Callable[[], int] = time.time_ns) -> None:
         self.acceptor = acceptor
-        self.pump = pump
+        self.commit = commit
         self.host = host
         self.port = port
         self.clock = clock
@@ -57,6 +60,7 @@ class FixServer:
         closed = asyncio.Event()
 
         def carry(actions: list[Action]) -> None:
+            connection.session.commit()  # the store before the bytes it covers
             for action in actions:
                 if isinstance(action, Send) and not closed.is_set() and not writer.is_closing():
                     writer.write(action.data)
@@ -72,16 +76,18 @@ class FixServer:
                 data = await reader.read(READ_SIZE)
                 if not data:
                     break
-                carry(connection.on_bytes(data, self.clock()))
-                self.pump()
+                actions = connection.on_bytes(data, self.clock())
+                self.commit()
+                carry(actions)
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
             timer.cancel()
             closed.set()
-            carry(connection.connection_lost(self.clock()))
-            self.pump()
+            actions = connection.connection_lost(self.clock())
+            self.commit()
+            carry(actions)
             writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()

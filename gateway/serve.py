@@ -116,7 +116,7 @@ async def run(sequencer: Sequencer, host: str, port: int, *, demo: bool,
     if fix_port >= 0 and fix_stores is not None:
         acceptor = FixAcceptor(gateway, fix_stores,
                                cancel_on_disconnect=fix_cancel_on_disconnect)
-        fix = FixServer(acceptor, server.pump, host=host, port=fix_port)
+        fix = FixServer(acceptor, server.commit, host=host, port=fix_port)
         await fix.start()
         log.info("FIX 4.4 acceptor (CompID %s) on %s:%d", EXCHANGE_COMP_ID, host, fix.port)
     demo_task = None

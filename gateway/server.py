@@ -94,6 +94,11 @@ class ExchangeServer:
             self._pump_due = True
             self._loop.call_soon(self._commit)
 
+    def commit(self) -> None:
+        """Hand everything journaled to the OS now (fsynced by the journal's policy), and
+        release what is durable."""
+        self._commit()
+
     def _commit(self) -> None:
         self._pump_due = False
         journal = self.gateway.sequencer.journal

@@ -65,7 +65,7 @@ async def serve(data_dir: Path, port: int, accounts: int, fix_port: int | None =
     if fix_port is not None:
         acceptor = FixAcceptor(gateway, file_stores(data_dir / "fix", fsync=fix_store_fsync),
                                rate_limit=RateLimit(fix_order_rate, 2 * fix_order_rate))
-        fix = FixServer(acceptor, server.pump, port=fix_port)
+        fix = FixServer(acceptor, server.commit, port=fix_port)
         await fix.start()
         ports["fix_port"] = fix.port
     stop = asyncio.Event()

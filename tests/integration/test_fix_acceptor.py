@@ -51,7 +51,7 @@ async def exchange(tmp_path: Path) -> AsyncIterator[tuple[Gateway, int]]:
     for deposit_id, key in enumerate((KEY, OTHER_KEY), start=1):
         gateway.submit(CreditDeposit(deposit_id, address_of(key), 10**12))
     server.pump()
-    fix = FixServer(FixAcceptor(gateway, file_stores(tmp_path / "fix")), server.pump, port=0)
+    fix = FixServer(FixAcceptor(gateway, file_stores(tmp_path / "fix")), server.commit, port=0)
     await fix.start()
     try:
         yield gateway, fix.port

@@ -62,7 +62,7 @@ async def venue(tmp_path: Path) -> AsyncIterator[Venue]:
         gateway.submit(CreditDeposit(number, address_of(key), 10**12))
         gateway.submit(SetCapacity(address_of(key), "GPU.H100", 10**6))
     server.pump()
-    acceptor = FixServer(FixAcceptor(gateway, file_stores(tmp_path / "fix")), server.pump,
+    acceptor = FixServer(FixAcceptor(gateway, file_stores(tmp_path / "fix")), server.commit,
                          port=0)
     await acceptor.start()
     quickfix = QuickFixInitiator(tmp_path / "quickfix", acceptor.port, {MM: MM_KEY})
