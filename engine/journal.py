@@ -290,6 +290,8 @@ class FileJournal:
         caller runs out of input gives group commit with no timer: appends made while one
         fsync runs all go in the next.
         """
+        if self._failure is not None:
+            self._refuse(b"")  # a failed background fsync: nothing more is durable
         if self._durable_seq == self._last_seq:
             return True
         if self._syncer is not None:

@@ -121,6 +121,8 @@ class AccountListener(Protocol):
 def accounts_of(event: ExchangeEvent) -> tuple[str, ...]:
     """The accounts whose own orders, fills or money an event is about."""
     if isinstance(event, Trade):
+        if event.maker_account == event.taker_account:
+            return (event.maker_account,)
         return (event.maker_account, event.taker_account)
     if isinstance(event, OrderAccepted | OrderRejected | OrderCancelled | OrderAmended
                   | OrderTriggered | BalanceChanged | PositionChanged | WithdrawalRequested
@@ -300,11 +302,11 @@ class Gateway:
             self._touched.clear()
             listeners = self.account_listeners
             for index, event in enumerate(item.events):
-                self._apply(event, item.ts, private, changed, listed)
-                if listeners:
+                if listeners:  # before the tracker applies it: they see the order as it was
                     for account in accounts_of(event):
                         for listener in listeners.get(account, ()):
                             listener.on_account_event(event, item.seq, index, item.ts)
+                self._apply(event, item.ts, private, changed, listed)
             waiter = self.waiting.pop(item.seq, None)
             if waiter is not None:
                 self._answer(waiter, item.events)

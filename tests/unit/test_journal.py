@@ -281,6 +281,35 @@ def test_a_failed_fsync_stops_the_journal(tmp_path: Path) -> None:
     journal.close()
 
 
+def test_commit_soon_reports_durability_and_a_failed_background_fsync(tmp_path: Path) -> None:
+    failing = [False]
+    reported: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if failing[0]:
+            raise OSError(5, "Input/output error")
+
+    journal = FileJournal(tmp_path / "j", FsyncPolicy.GROUP, group_commit_ms=10_000,
+                          fsync=fsync, background_fsync=True)
+    journal.on_durable = reported.append
+    journal.append(b"a")
+    assert journal.commit_soon() is False  # the fsync thread commits and reports
+    deadline = time.monotonic() + 5
+    while not reported and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert reported == [1] and journal.durable_seq == 1
+    assert journal.commit_soon() is True  # nothing left to commit
+    failing[0] = True
+    journal.append(b"b")
+    journal.commit_soon()
+    while journal._failure is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with pytest.raises(JournalError, match="records after seq 1 may not be on disk"):
+        journal.commit_soon()  # said out loud, not a reply that never comes
+    assert reported == [1]
+    journal.close()
+
+
 # --- torn tails ---------------------------------------------------------------------------
 
 
