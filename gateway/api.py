@@ -44,7 +44,6 @@ class Channel(StrEnum):
 
 PRIVATE_CHANNELS = frozenset({Channel.ORDERS, Channel.FILLS, Channel.POSITIONS,
                               Channel.BALANCES})
-SYMBOL_CHANNELS = frozenset({Channel.BOOK, Channel.TRADES, Channel.TICKER})
 
 
 class ErrorCode(StrEnum):
@@ -61,8 +60,6 @@ class ErrorCode(StrEnum):
     UNKNOWN_ORDER = "unknown_order"
     NOT_SUBSCRIBED = "not_subscribed"
     RATE_LIMITED = "rate_limited"
-    FRAME_TOO_LARGE = "frame_too_large"
-    UNAVAILABLE = "unavailable"
 
 
 class Request(msgspec.Struct, frozen=True, tag_field="op", forbid_unknown_fields=True,

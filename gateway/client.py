@@ -40,8 +40,6 @@ from gateway.local_book import BookStatus, LocalBook
 AnyReply = (api.Error | api.Welcome | api.ChallengeIssued | api.LoggedIn | api.Pong
             | api.Subscribed | api.Unsubscribed | api.OrderReply | api.MassCancelled
             | api.CancelAllAfterSet | api.WithdrawalAccepted)
-ChannelMessage = (api.BookMessage | api.TradesMessage | api.TickerMessage
-                  | api.InstrumentsMessage | api.Heartbeat | api.PrivateMessage)
 AckCallback = Callable[[int, Any], None]
 """Called with a `send_nowait` request's id and its reply (an `AnyReply` struct)."""
 

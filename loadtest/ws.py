@@ -39,8 +39,6 @@ from gateway.client import TraderClient
 from loadtest.report import Latencies, plot, write_json
 from loadtest.ws_server import SpawnedServer, load_key
 
-DEV_MNEMONIC = "test test test test test test test test test test test junk"
-DEV_ACCOUNTS = 10
 CROSSING_SHARE = 0.05
 START_DELAY_NS = 500_000_000
 SETUP_TIMEOUT_S = 300.0
@@ -50,14 +48,12 @@ Begin = Callable[[], Awaitable[int]]
 """Report this worker ready, wait for the common start, return it (monotonic ns)."""
 
 
-def dev_keys(count: int = DEV_ACCOUNTS) -> list[str]:
-    """The first ``count`` keys of the well-known development mnemonic (the accounts
-    ``cmx serve --demo`` funds); development only."""
-    from eth_account import Account  # noqa: PLC0415 (HD derivation only for --url runs)
+def dev_keys() -> list[str]:
+    """The keys of the development mnemonic's accounts (the ones ``cmx serve --demo``
+    funds); development only."""
+    from gateway.demo import dev_keys as derive  # noqa: PLC0415 (eth-account: --url runs only)
 
-    Account.enable_unaudited_hdwallet_features()
-    return ["0x" + bytes(Account.from_mnemonic(
-        DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}").key).hex() for i in range(count)]
+    return [key for _, key in derive()]
 
 
 # --- worker processes -------------------------------------------------------------------------
