@@ -27,7 +27,7 @@ from typing import Any
 from gateway.fix_client import TERMINAL_STATUSES, FixClient
 from gateway.fix_codec import FixMessage
 from gateway.fix_session import SessionConfig
-from loadtest.report import Latencies, plot, write_json
+from loadtest.report import Latencies, order_entry_text, plot, write_json
 from loadtest.ws import CROSSING_SHARE, Begin, price_ladder, run_workers, summarize
 from loadtest.ws_server import SpawnedServer, load_key
 
@@ -200,9 +200,7 @@ def describe(figures: dict[str, Any]) -> str:
             f"FIX sessions: sent {figures['sent']:,} (unsent {figures['unsent']:,}) acked "
             f"{figures['acked']:,} lost {figures['lost']:,} errors {figures['errors']} reconnects "
             f"{sum(figures['connections_closed_by_server'].values())}; "
-            f"{figures['orders_per_s']:,} orders/s; ack p50 {figures['p50_us'] / 1000:.2f} ms "
-            f"p99 {figures['p99_us'] / 1000:.2f} ms p99.9 {figures['p999_us'] / 1000:.2f} ms "
-            f"max {figures['max_us'] / 1000:.2f} ms")
+            + order_entry_text(figures))
 
 
 def main_fix(address: str | None, rates: Sequence[float], *, duration_s: float, sessions: int,

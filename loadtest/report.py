@@ -64,6 +64,13 @@ class Latencies:
         return xs, ys
 
 
+def order_entry_text(figures: dict[str, Any]) -> str:
+    """The tail of an order entry run's line: throughput and ack latency percentiles."""
+    return (f"{figures['orders_per_s']:,} orders/s; ack p50 {figures['p50_us'] / 1000:.2f} ms "
+            f"p99 {figures['p99_us'] / 1000:.2f} ms p99.9 {figures['p999_us'] / 1000:.2f} ms "
+            f"max {figures['max_us'] / 1000:.2f} ms")
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write figures as indented JSON."""
     Path(path).write_text(json.dumps(data, indent=2) + "\n")

@@ -36,7 +36,7 @@ from engine.instruments import Instrument, utc_today
 from engine.registry import Registry
 from gateway import api
 from gateway.client import TraderClient
-from loadtest.report import Latencies, plot, write_json
+from loadtest.report import Latencies, order_entry_text, plot, write_json
 from loadtest.ws_server import SpawnedServer, load_key
 
 CROSSING_SHARE = 0.05
@@ -320,10 +320,7 @@ def describe(figures: dict[str, Any]) -> str:
             f"clients: sent {figures['sent']:,} acked {figures['acked']:,} lost "
             f"{figures['lost']} errors {figures['errors']} connections closed "
             f"{sum(figures['connections_closed_by_server'].values())}; "
-            f"{figures['orders_per_s']:,} "
-            f"orders/s; ack p50 {figures['p50_us'] / 1000:.2f} ms p99 "
-            f"{figures['p99_us'] / 1000:.2f} ms p99.9 {figures['p999_us'] / 1000:.2f} ms "
-            f"max {figures['max_us'] / 1000:.2f} ms")
+            + order_entry_text(figures))
 
 
 def main_ws(url: str | None, rates: Sequence[float], *, duration_s: float, clients: int,
