@@ -74,6 +74,23 @@ class RequestWithdrawal(msgspec.Struct, frozen=True, tag="request_withdrawal"):
     amount: Int64
 
 
+class ForceWithdrawal(msgspec.Struct, frozen=True, tag="force_withdrawal"):
+    """A forced withdrawal the account requested on chain (``request_id`` is the contract's):
+    cancel all its orders and pay it, up to ``amount``, what is then free, in the next batch."""
+
+    request_id: Int64
+    account: str
+    amount: Int64
+
+
+class BatchConfirmed(msgspec.Struct, frozen=True, tag="batch_confirmed"):
+    """The chain settled clearing batch ``batch_id`` (the oldest not yet confirmed) with
+    ``batch_hash`` (hex), as the chain bridge saw in its receipt."""
+
+    batch_id: Int64
+    batch_hash: str
+
+
 class SetCapacity(msgspec.Struct, frozen=True, tag="set_capacity"):
     """The number of units (GPUs, kW) of ``underlying`` a provider may sell per window."""
 
@@ -126,6 +143,8 @@ ExchangeCommand = (
     | CancelAll
     | CreditDeposit
     | RequestWithdrawal
+    | ForceWithdrawal
+    | BatchConfirmed
     | SetCapacity
     | IndexFix
     | SettleDelivery

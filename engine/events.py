@@ -10,6 +10,7 @@ from enum import StrEnum
 
 import msgspec
 
+from engine.clearing import ClearingBatch
 from engine.messages import OrderType, Side, TimeInForce
 
 
@@ -40,6 +41,8 @@ class Reason(StrEnum):
     UNKNOWN_DELIVERY = "unknown_delivery"
     DELIVERY_NOT_DUE = "delivery_not_due"
     ALREADY_LISTED = "already_listed"
+    DUPLICATE_REQUEST = "duplicate_request"
+    UNKNOWN_BATCH = "unknown_batch"
     # cancellations (engine.messages.CancelReason) and the exchange's own
     USER = "user"
     IOC_REMAINDER = "ioc_remainder"
@@ -50,6 +53,7 @@ class Reason(StrEnum):
     POST_ONLY = "post_only"
     LIQUIDATION = "liquidation"
     HALTED = "halted"
+    FORCED_WITHDRAWAL = "forced_withdrawal"
 
 
 class OrderAccepted(msgspec.Struct, frozen=True, tag="order_accepted"):
@@ -169,6 +173,23 @@ class WithdrawalRequested(msgspec.Struct, frozen=True, tag="withdrawal_requested
     withdrawal_id: int
     account: str
     amount: int
+
+
+class ForcedWithdrawal(msgspec.Struct, frozen=True, tag="forced_withdrawal"):
+    """A forced withdrawal request from the chain was served: the account's orders are
+    cancelled and ``paid`` (at most ``requested``; what was free) leaves in the next batch."""
+
+    request_id: int
+    account: str
+    requested: int
+    paid: int
+
+
+class ClearingConfirmed(msgspec.Struct, frozen=True, tag="clearing_confirmed"):
+    """The chain settled clearing batch ``batch_id``."""
+
+    batch_id: int
+    batch_hash: str
 
 
 class CommandRejected(msgspec.Struct, frozen=True, tag="command_rejected"):
@@ -309,4 +330,7 @@ ExchangeEvent = (
     | InstrumentHalted
     | FinalSettlement
     | ClearingCompleted
+    | ClearingBatch
+    | ClearingConfirmed
+    | ForcedWithdrawal
 )

@@ -39,12 +39,15 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from engine.clearing import BatchWithdrawal, Clearing
 from engine.commands import (
     AmendOrder,
+    BatchConfirmed,
     CancelAll,
     CancelOrder,
     ClearingCut,
     CreditDeposit,
+    ForceWithdrawal,
     IndexFix,
     ListInstrument,
     PlaceOrder,
@@ -61,12 +64,14 @@ from engine.events import (
     BookUpdate,
     CapacitySet,
     ClearingCompleted,
+    ClearingConfirmed,
     CommandRejected,
     DeliveryOpened,
     DeliverySettled,
     DepositCredited,
     ExchangeEvent,
     FinalSettlement,
+    ForcedWithdrawal,
     IndexFixed,
     InstrumentHalted,
     InstrumentListed,
@@ -128,6 +133,7 @@ class Exchange:
         self.underlyings = {m.instrument.underlying for m in self.markets.values()}
         self._instrument_ids = {m.instrument.instrument_id for m in self.markets.values()}
         self.ledger = Ledger()
+        self.clearing = Clearing()
         self.orders: dict[int, LiveOrder] = {}
         self.account_ids: dict[str, int] = {}
         self.account_names: list[str] = []
@@ -171,6 +177,7 @@ class Exchange:
         command = sequenced.command
         handler = self._handlers[type(command)]
         handler(self, command)
+        self.clearing.dirty.update(self.ledger.touched)
         for account in self.ledger.touched:
             if account not in SYSTEM_ACCOUNTS:
                 b = self.ledger.accounts[account]
@@ -481,6 +488,8 @@ class Exchange:
             trade = msgspec.structs.replace(
                 trade, **{"maker_fee" if buyer_is_maker else "taker_fee": buyer_fee})
             self._events.append(trade)
+            self.clearing.fill(market.symbol, fill.trade_id, fill.price, fill.qty, maker.side,
+                               maker_account, taker_account, self._ts)
             self._open_delivery(market, fill, buyer.account, seller.account, notional, bond,
                                 seller_bp)
             return
@@ -494,6 +503,8 @@ class Exchange:
             self.ledger.transfer(order.account, "available", FEE_ACCOUNT, "available", charged)
         self._events.append(msgspec.structs.replace(trade, maker_fee=maker_fee,
                                                     taker_fee=taker_fee))
+        self.clearing.fill(market.symbol, fill.trade_id, fill.price, fill.qty, maker.side,
+                           maker_account, taker_account, self._ts)
 
     def _open_delivery(self, market: Market, fill: Fill, buyer: str, seller: str,
                        premium: int, bond: int, seller_fee_bp: int) -> None:
@@ -548,6 +559,7 @@ class Exchange:
             return
         self.deposits_seen.add(cmd.deposit_id)
         self.ledger.deposit(cmd.account, cmd.amount)
+        self.clearing.credit(cmd.account, cmd.amount)
         self._events.append(DepositCredited(cmd.deposit_id, cmd.account, cmd.amount))
 
     def _withdraw(self, cmd: RequestWithdrawal) -> None:
@@ -566,7 +578,41 @@ class Exchange:
             return
         self.withdrawals_seen.add(cmd.withdrawal_id)
         self.ledger.withdraw(cmd.account, cmd.amount)
+        self.clearing.withdraw(BatchWithdrawal(cmd.withdrawal_id, 0, cmd.account, cmd.amount))
         self._events.append(WithdrawalRequested(cmd.withdrawal_id, cmd.account, cmd.amount))
+
+    def _force_withdrawal(self, cmd: ForceWithdrawal) -> None:
+        reason = None
+        if not is_address(cmd.account) or cmd.account in SYSTEM_ACCOUNTS:
+            reason = Reason.INVALID_ACCOUNT
+        elif not 0 < cmd.amount < 1 << 63 or not 0 < cmd.request_id < 1 << 63:
+            reason = Reason.INVALID_AMOUNT
+        elif cmd.request_id in self.clearing.forced_seen:
+            reason = Reason.DUPLICATE_REQUEST
+        if reason is not None:
+            self._events.append(CommandRejected("force_withdrawal", cmd.account,
+                                                cmd.request_id, reason))
+            return
+        self.clearing.forced_seen.add(cmd.request_id)
+        account_id = self.account_ids.get(cmd.account)
+        if account_id is not None:
+            self._cancel_reason = Reason.FORCED_WITHDRAWAL
+            for symbol in self._market_order:
+                self._book(self.markets[symbol], MassCancel(self._ts, account_id))
+            self._cancel_reason = None
+        paid = min(cmd.amount, max(0, self.free_collateral(cmd.account)))
+        if paid:
+            self.ledger.withdraw(cmd.account, paid)
+        # served even when nothing is free, so the contract sees the request answered
+        self.clearing.withdraw(BatchWithdrawal(0, cmd.request_id, cmd.account, paid))
+        self._events.append(ForcedWithdrawal(cmd.request_id, cmd.account, cmd.amount, paid))
+
+    def _batch_confirmed(self, cmd: BatchConfirmed) -> None:
+        if not self.clearing.confirm(cmd.batch_id):
+            self._events.append(CommandRejected("batch_confirmed", "", cmd.batch_id,
+                                                Reason.UNKNOWN_BATCH))
+            return
+        self._events.append(ClearingConfirmed(cmd.batch_id, cmd.batch_hash))
 
     def _set_capacity(self, cmd: SetCapacity) -> None:
         reason = None
@@ -722,6 +768,10 @@ class Exchange:
             if equity < maintenance:
                 self._liquidate(account, equity, maintenance)
         self._cover_shortfalls(sorted(exposed | set(self.ledger.touched) - SYSTEM_ACCOUNTS))
+        clearing = self.clearing
+        clearing.dirty.update(self.ledger.touched)
+        totals = {a: self.ledger.balances(a).total() for a in clearing.dirty}
+        self._events.extend(clearing.cut(self.cuts, totals, max(self.deposits_seen, default=0)))
         self._events.append(ClearingCompleted(self.cuts))
 
     def _mark(self, market: Market) -> tuple[int, str]:
@@ -817,6 +867,7 @@ class Exchange:
             deposits_seen=sorted(self.deposits_seen),
             withdrawals_seen=sorted(self.withdrawals_seen),
             fixes=sorted((u, d, p) for (u, d), p in self.fixes.items()),
+            clearing=self.clearing.state(),
         )
 
     def state_hash(self) -> str:
@@ -856,6 +907,7 @@ class Exchange:
         exchange.deposits_seen = set(state.deposits_seen)
         exchange.withdrawals_seen = set(state.withdrawals_seen)
         exchange.fixes = {(u, d): p for u, d, p in state.fixes}
+        exchange.clearing = Clearing.restore(state.clearing)
         return exchange
 
 
@@ -866,6 +918,8 @@ Exchange._handlers = {
     CancelAll: Exchange._cancel_all,
     CreditDeposit: Exchange._deposit,
     RequestWithdrawal: Exchange._withdraw,
+    ForceWithdrawal: Exchange._force_withdrawal,
+    BatchConfirmed: Exchange._batch_confirmed,
     SetCapacity: Exchange._set_capacity,
     IndexFix: Exchange._index_fix,
     SettleDelivery: Exchange._settle_delivery,

@@ -7,6 +7,7 @@ import hashlib
 import msgspec
 
 from engine.book import BookState
+from engine.clearing import ClearingState
 from engine.delivery import Delivery
 from engine.instruments import Instrument
 from engine.ledger import Balances
@@ -37,6 +38,7 @@ class ExchangeState(msgspec.Struct, frozen=True, array_like=True):
     deposits_seen: list[int]
     withdrawals_seen: list[int]
     fixes: list[tuple[str, int, int]]
+    clearing: ClearingState
 
 
 _state_encoder = msgspec.msgpack.Encoder()
