@@ -127,7 +127,7 @@ class Clearing:
                 self.chain_balances[account] = total
             else:
                 self.chain_balances.pop(account, None)
-            if amount:
+            if amount or account in paid:  # a withdrawer is listed to be reconciled
                 (debits if amount < 0 else credits).append(BatchDelta(account, amount, total))
         self.dirty.clear()
         deltas = debits + credits

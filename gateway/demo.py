@@ -30,30 +30,14 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from functools import cache
 
-from eth_account import Account
-from eth_account.hdaccount import key_from_seed, seed_from_mnemonic
-
+from engine.keys import dev_keys
 from gateway.demo_market import FUNDING, MICRO, DemoMarket
 from gateway.hub import Gateway
 
 log = logging.getLogger("cmx.demo")
 
-DEV_MNEMONIC = "test test test test test test test test test test test junk"
-DEV_ACCOUNTS = 10
 SUMMARY_EVERY_S = 300.0
-
-
-@cache
-def dev_keys() -> tuple[tuple[str, str], ...]:
-    """The development accounts as (lower-case address, 0x private key), derived once."""
-    seed = seed_from_mnemonic(DEV_MNEMONIC, passphrase="")
-    keys = []
-    for i in range(DEV_ACCOUNTS):
-        key = key_from_seed(seed, f"m/44'/60'/0'/0/{i}")
-        keys.append((str(Account.from_key(key).address).lower(), "0x" + key.hex()))
-    return tuple(keys)
 
 
 def dev_accounts() -> list[str]:
@@ -62,13 +46,15 @@ def dev_accounts() -> list[str]:
 
 
 async def run_demo(gateway: Gateway, pump: Callable[[], None], *, seed: int = 1,
-                   interval_s: float = 0.05) -> None:
+                   interval_s: float = 0.05, fund: bool = True) -> None:
     """Fund the development accounts and trade on them every ``interval_s`` until cancelled.
 
-    ``pump`` asks the server to commit what was submitted (`ExchangeServer.pump`).
+    ``pump`` asks the server to commit what was submitted (`ExchangeServer.pump`). Without
+    ``fund`` the accounts are funded elsewhere (by deposits on the chain) and trade once
+    their money arrives.
     """
     market = DemoMarket(gateway.exchange, gateway.submit, random.Random(seed), dev_accounts())
-    funded = market.open(gateway.clock())
+    funded = market.open(gateway.clock(), fund=fund)
     pump()
     quoted = ", ".join(m.symbol for m, _ in market.quoted(gateway.clock()))
     log.info("demo market on %d development accounts (%s; %d funded now with %d USDC each), "

@@ -204,14 +204,14 @@ class DemoMarket:
 
     # --- opening --------------------------------------------------------------------------
 
-    def open(self, now: int) -> list[str]:
-        """Fund and enable the accounts that need it, cancel their leftovers, fix today's
-        index and put up every maker's ladder; returns the accounts funded now (none on a
-        restart)."""
+    def open(self, now: int, *, fund: bool = True) -> list[str]:
+        """Fund (unless ``fund`` is false) and enable the accounts that need it, cancel their
+        leftovers, fix today's index and put up every maker's ladder; returns the accounts
+        funded now (none on a restart)."""
         ex = self.exchange
         funded = []
         for i, account in enumerate(self.accounts):
-            if DEMO_DEPOSIT_BASE + i not in ex.deposits_seen:
+            if fund and DEMO_DEPOSIT_BASE + i not in ex.deposits_seen:
                 self.submit(CreditDeposit(DEMO_DEPOSIT_BASE + i, account, FUNDING))
                 funded.append(account)
             for underlying in self.fair:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.instruments import Instrument, utc_today
+from engine.keys import read_key
 from engine.registry import Registry
 from gateway.fix_client import FixClient, LogonRefused
 from gateway.fix_codec import FixMessage
@@ -435,12 +436,6 @@ def register(commands: Any) -> None:
                         help="FIX session store (default ./cmx-mm)")
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(handler=_mm)
-
-
-def read_key(text: str) -> str:
-    """A private key given as hex or as the path of a file holding it."""
-    path = Path(text)
-    return path.read_text().strip() if not text.startswith("0x") and path.is_file() else text
 
 
 def _mm(args: argparse.Namespace) -> int:

@@ -3,6 +3,10 @@
 The engine recovers from the data directory (latest snapshot + journal), the websocket API and
 the market page listen on one port, and Ctrl-C (or SIGTERM) stops accepting, releases what
 the journal holds, writes a snapshot and closes the journal.
+
+Other packages join the process through the ``cmx.serve`` entry point group (the chain
+bridge does): each entry is a `ServeExtension` that adds its options and, when they ask for
+it, attaches to the running gateway and server. The gateway never imports them.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from datetime import date
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -37,6 +43,32 @@ log = logging.getLogger("cmx.serve")
 DEFAULT_DATA_DIR = Path("cmx-data")
 MARKET_DATA_MS = 10
 """Default interval of book, trade and ticker messages (see `Gateway.flush_market_data`)."""
+
+
+Detach = Callable[[], Awaitable[None]]
+Attach = Callable[[Gateway, ExchangeServer], Awaitable[Detach]]
+"""Start a part of the process beside the gateway; returns how to stop it."""
+
+
+class ServeExtension(Protocol):
+    """A part of `cmx serve` that lives in another package."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add its options to ``cmx serve``."""
+
+    def attach(self, args: argparse.Namespace) -> Attach | None:
+        """How to start it with these options (None: not wanted)."""
+
+    def funds_demo(self, args: argparse.Namespace) -> bool:
+        """Whether it funds the demo's accounts itself (else the demo credits them)."""
+
+
+def extensions() -> list[ServeExtension]:
+    """The registered extensions, by entry point name."""
+    found: list[ServeExtension] = []
+    for entry in sorted(entry_points(group="cmx.serve"), key=lambda e: e.name):
+        found.append(entry.load())
+    return found
 
 
 def register(commands: Any) -> None:
@@ -78,6 +110,8 @@ def register(commands: Any) -> None:
                         help="send book, trade and ticker changes at most this often, "
                         f"coalesced (default {MARKET_DATA_MS}; 0 = after every command)")
     parser.add_argument("--log-level", default="INFO")
+    for extension in extensions():
+        extension.add_arguments(parser)
     parser.set_defaults(handler=_serve)
 
 
@@ -105,11 +139,22 @@ def open_sequencer(data_dir: Path, *, redis_url: str | None = None,
 async def run(sequencer: Sequencer, host: str, port: int, *, demo: bool,
               stop: asyncio.Event, market_data_ms: int = MARKET_DATA_MS,
               fix_port: int = -1, fix_stores: StoreOpener | None = None,
-              fix_cancel_on_disconnect: bool = False) -> None:
-    """Serve until ``stop`` is set."""
+              fix_cancel_on_disconnect: bool = False, attach: Sequence[Attach] = (),
+              demo_funding: bool = True) -> None:
+    """Serve until ``stop`` is set, with the ``attach``ed parts of the process started after
+    the server (and stopped before it)."""
     gateway = Gateway(sequencer, market_data_interval_ns=market_data_ms * 1_000_000)
     server = ExchangeServer(gateway, host=host, port=port)
     await server.start()
+    detach: list[Detach] = []
+    try:
+        for start in attach:
+            detach.append(await start(gateway, server))
+    except BaseException:
+        for stop_part in reversed(detach):
+            await stop_part()
+        await server.stop()
+        raise
     log.info("CMX listening on http://%s:%d/ (websocket API on the same port), command %d",
              host, server.port, sequencer.exchange.last_seq)
     fix = None
@@ -123,7 +168,7 @@ async def run(sequencer: Sequencer, host: str, port: int, *, demo: bool,
     if demo:
         from gateway.demo import run_demo  # noqa: PLC0415 (only the demo needs it)
 
-        demo_task = asyncio.create_task(run_demo(gateway, server.pump))
+        demo_task = asyncio.create_task(run_demo(gateway, server.pump, fund=demo_funding))
     try:
         await stop.wait()
     finally:
@@ -131,6 +176,8 @@ async def run(sequencer: Sequencer, host: str, port: int, *, demo: bool,
             demo_task.cancel()
             with suppress(asyncio.CancelledError):
                 await demo_task
+        for stop_part in reversed(detach):
+            await stop_part()
         if fix is not None:
             await fix.stop()
         await server.stop()
@@ -161,9 +208,12 @@ def _serve(args: argparse.Namespace) -> int:
             # nothing, and an fsync per ExecutionReport (ms on this disk, on the event loop)
             # would cap FIX at a few hundred reports a second. The journal is the record.
             stores = file_stores(args.data_dir / "fix", fsync=False)
+        parts = extensions()
+        attach = [a for a in (p.attach(args) for p in parts) if a is not None]
         await run(sequencer, args.host, args.port, demo=args.demo, stop=stop,
                   market_data_ms=args.market_data_ms, fix_port=args.fix_port,
-                  fix_stores=stores, fix_cancel_on_disconnect=args.fix_cancel_on_disconnect)
+                  fix_stores=stores, fix_cancel_on_disconnect=args.fix_cancel_on_disconnect,
+                  attach=attach, demo_funding=not any(p.funds_demo(args) for p in parts))
 
     try:
         asyncio.run(main())

@@ -1,10 +1,11 @@
 """The asyncio websocket server: a thin layer that moves frames between sockets and sessions.
 
 One port serves both the websocket API (any path, on an Upgrade request) and, over plain HTTP,
-the market page and its assets from ``gateway/static`` plus ``/api/status``. After each burst
-of input the server asks the journal to commit; the sequencer's released events go to
-`Gateway.publish` once the journal reports them durable, so nothing reaches a client before
-its command is on disk.
+the market page and its assets from ``gateway/static`` plus ``/api/status``. Other parts of
+the process add JSON routes (``routes``) and websocket endpoints (``socket_routes``) by path.
+After each burst of input the server asks the journal to commit; the sequencer's released
+events go to `Gateway.publish` once the journal reports them durable, so nothing reaches a
+client before its command is on disk.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import asyncio
 import logging
 import mimetypes
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from importlib.resources import files
 from typing import Any
@@ -54,6 +56,11 @@ class ExchangeServer:
         self._flush_due = False
         self._ticker: asyncio.Task[None] | None = None
         self.connections: set[ServerConnection] = set()
+        self.routes: dict[str, Callable[[dict[str, str]], Any]] = {}
+        """Extra JSON answers over HTTP GET, by path; the callable gets the query
+        parameters and returns what to encode (None: 404)."""
+        self.socket_routes: dict[str, Callable[[ServerConnection], Awaitable[None]]] = {}
+        """Websocket endpoints other than the API, by path."""
 
     async def start(self) -> None:
         """Listen; ``port`` 0 picks a free one (read it back from ``port``)."""
@@ -136,6 +143,11 @@ class ExchangeServer:
     # --- connections --------------------------------------------------------------------------
 
     async def _connection(self, connection: ServerConnection) -> None:
+        request = connection.request
+        route = self.socket_routes.get(request.path.split("?", 1)[0]) if request else None
+        if route is not None:
+            await route(connection)
+            return
         session = ClientSession(self.gateway, self.clock())
         wake = asyncio.Event()
         session.wakeup = wake.set
@@ -185,6 +197,14 @@ class ExchangeServer:
         if path == "/api/status":
             body = msgspec.json.encode(self.status())
             return _response(HTTPStatus.OK, "application/json", body)
+        route = self.routes.get(path)
+        if route is not None:
+            query = dict(urllib.parse.parse_qsl(request.path.partition("?")[2]))
+            answer = route(query)
+            if answer is None:
+                return _response(HTTPStatus.NOT_FOUND, "application/json",
+                                 b'{"error":"not found"}')
+            return _response(HTTPStatus.OK, "application/json", msgspec.json.encode(answer))
         name = "index.html" if path in ("", "/") else path.lstrip("/")
         if "/" in name or name.startswith(".") or not (STATIC / name).is_file():
             return _response(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8",

@@ -1,0 +1,69 @@
+"""Engine clearing batches as ``ClearingHouse.settleBatch`` arguments, and their Merkle leaves.
+
+A fill's leaf is ``keccak256(abi.encode(symbol, tradeId, price, qty, buyer, seller, ts))``
+(``string, uint64, int64, int64, address, address, uint64``); the batch's fills root is the
+sorted-pair Merkle root of its fills in trade order (`chain_bridge.merkle`), so anyone holding
+a fill and its proof can check it against ``fillsRoots(batchId)`` on chain with
+``verifyFill``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eth_abi.abi import encode
+from eth_hash.auto import keccak
+from web3 import Web3
+
+from chain_bridge.contracts import batch_hash
+from chain_bridge.merkle import merkle_proof, merkle_root
+from engine.clearing import BatchFill, ClearingBatch
+
+FILL_TYPES = ["string", "uint64", "int64", "int64", "address", "address", "uint64"]
+ZERO_ROOT = bytes(32)
+
+
+def fill_leaf(fill: BatchFill) -> bytes:
+    """The Merkle leaf of one fill."""
+    return keccak(
+        encode(
+            FILL_TYPES,
+            [fill.symbol, fill.trade_id, fill.price, fill.qty, fill.buyer, fill.seller, fill.ts],
+        )
+    )
+
+
+def fills_root(batch: ClearingBatch) -> bytes:
+    """The Merkle root of the batch's fills (32 zero bytes when it has none)."""
+    return merkle_root([fill_leaf(f) for f in batch.fills])
+
+
+def fill_proof(batch: ClearingBatch, trade_id: int, symbol: str) -> tuple[bytes, list[bytes]]:
+    """The leaf of one of the batch's fills and its Merkle proof."""
+    leaves = [fill_leaf(f) for f in batch.fills]
+    for index, fill in enumerate(batch.fills):
+        if fill.trade_id == trade_id and fill.symbol == symbol:
+            return leaves[index], merkle_proof(leaves, index)
+    raise KeyError(f"no fill {symbol} #{trade_id} in batch {batch.batch_id}")
+
+
+def settle_arguments(batch: ClearingBatch, prev_hash: bytes) -> list[Any]:
+    """The ``settleBatch`` arguments for ``batch`` after the batch hashed ``prev_hash``."""
+    return [
+        batch.batch_id,
+        prev_hash,
+        batch.credited_deposit_id,
+        [(Web3.to_checksum_address(d.account), d.amount) for d in batch.deltas],
+        [
+            (w.withdrawal_id, w.forced_request_id, Web3.to_checksum_address(w.account), w.amount)
+            for w in batch.withdrawals
+        ],
+        fills_root(batch),
+        ZERO_ROOT,
+        batch.last_chunk,
+    ]
+
+
+def hash_of(batch: ClearingBatch, prev_hash: bytes) -> bytes:
+    """The hash the contract records for ``batch`` settled after ``prev_hash``."""
+    return batch_hash(*settle_arguments(batch, prev_hash))

@@ -1,0 +1,110 @@
+"""``cmx deposit`` and ``cmx chain status``: against a running `cmx serve`, found with
+``--host``/``--port``, whichever chain it uses."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from chain_bridge.chain import ChainError
+from chain_bridge.wallet import deposit
+from engine.keys import read_key
+
+MICRO = 10**6
+
+
+def register(commands: Any) -> None:
+    """Add ``deposit`` and ``chain`` to the `cmx` subparsers."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "deposit", help="deposit collateral into the ClearingHouse",
+        description="Approves and deposits AMOUNT USDC from the key's account into the "
+        "ClearingHouse of the running exchange; the exchange credits it once the chain has "
+        "it. The transactions are signed here and relayed by the server.")
+    _server_options(parser)
+    parser.add_argument("--key", required=True, metavar="KEY_OR_FILE",
+                        help="the depositing account's private key (hex, or a file)")
+    parser.add_argument("amount", help="USDC, e.g. 1000 or 12.5")
+    parser.set_defaults(handler=_deposit)
+
+    chain = commands.add_parser("chain", help="the exchange's chain: status")
+    sub = chain.add_subparsers(dest="chain_command", metavar="COMMAND", required=True)
+    status = sub.add_parser("status", help="contracts, batches, deposits, reconciliation",
+                            description="What the running exchange's chain bridge reports: "
+                            "the chain, the contracts, the last settled batch and deposit, "
+                            "and whether the last reconciliation matched.")
+    _server_options(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_status)
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="the server (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="its port (default 8765)")
+
+
+def micro_usdc(text: str) -> int:
+    """``text`` USDC in micro-USDC (at most 6 decimals, positive)."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"not an amount: {text!r}") from None
+    micro = value * MICRO
+    if not value.is_finite() or value <= 0 or micro != micro.to_integral_value():
+        raise ValueError(f"not a positive amount of USDC with at most 6 decimals: {text!r}")
+    return int(micro)
+
+
+def chain_status(host: str, port: int) -> dict[str, Any]:
+    """``/api/chain`` of the server at ``host``:``port``."""
+    url = f"http://{host}:{port}/api/chain"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            status: dict[str, Any] = json.loads(response.read())
+            return status
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise ChainError(f"the server at {host}:{port} runs without a chain") from exc
+        raise ChainError(f"{url}: {exc}") from exc
+    except OSError as exc:
+        raise ChainError(f"cannot reach cmx serve at {host}:{port}: {exc}") from exc
+
+
+def _deposit(args: argparse.Namespace) -> int:
+    try:
+        amount = micro_usdc(args.amount)
+        receipts = deposit(f"ws://{args.host}:{args.port}/chain", read_key(args.key), amount)
+    except (ValueError, ChainError) as exc:
+        print(f"cmx deposit: {exc}", file=sys.stderr)
+        return 1
+    last = receipts[-1]
+    print(f"deposited {args.amount} USDC: transaction {last['tx']} in block {last['block']}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        status = chain_status(args.host, args.port)
+    except ChainError as exc:
+        print(f"cmx chain status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(f"chain            {status['chain']} (id {status['chain_id']}), block "
+              f"{status.get('block')}")
+        print(f"ClearingHouse    {status['clearing_house']}  (collateral {status['token']})")
+        print(f"last batch       {status['last_batch_id']}  "
+              f"(engine: {status['engine_unconfirmed_batches']} waiting)")
+        print(f"deposits         {status['last_deposit_id']} on chain, "
+              f"{status['last_credited_deposit_id']} credited in batches")
+        print(f"reconciled       {'yes' if status['reconciled'] else 'NO'} "
+              f"({status['accounts_checked']} account balances checked)")
+        for key in ("halted", "deposit_gap", "error"):
+            if status.get(key):
+                print(f"{key:<16} {status[key]}")
+    return 0 if status["reconciled"] else 2

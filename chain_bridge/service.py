@@ -1,0 +1,331 @@
+"""The chain bridge inside `cmx serve`: options, start-up, the polling loop, the HTTP and
+JSON-RPC endpoints.
+
+``--chain embedded`` (the default) runs the in-process EVM and deploys the contracts at the
+first start (later starts replay its transaction log); ``--chain anvil`` spawns Anvil on a
+free loopback port with its state in the data directory; ``--rpc-url URL`` uses any node,
+attaching to the deployment in ``--deployment`` (or the data directory's), deploying only on
+a development node. ``--chain none`` runs without a chain.
+
+Every chain call runs on one thread of its own, so the event loop never waits on the chain:
+each round the loop hands the bridge a view of the engine, the bridge answers with commands
+to sequence. Clearing cuts are sequenced every ``--batch-interval`` seconds, or sooner once
+``--batch-fills`` fills wait. The server gains ``/api/chain`` (what ``cmx chain status``
+shows), ``/api/chain/withdrawal?id=N`` and the websocket path ``/chain`` through which
+``cmx deposit`` reaches the chain, whichever it is (`chain_bridge.wallet`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from chain_bridge import deployment as deployments
+from chain_bridge.anvil import AnvilNode
+from chain_bridge.bridge import ChainBridge, EngineView
+from chain_bridge.chain import ETHER, Chain, ChainError, embedded, rpc
+from chain_bridge.deployment import Deployment
+from chain_bridge.wallet import WalletDesk
+from engine.commands import ClearingCut, ExchangeCommand
+from engine.exchange import Exchange
+from engine.keys import dev_keys, read_key
+
+log = logging.getLogger("cmx.chain")
+
+T = TypeVar("T")
+
+BATCH_INTERVAL_S = 5.0
+BATCH_FILLS = 1_000
+POLL_MS = 200
+DEV_ETHER = 100 * ETHER
+DEV_TOKENS = 10_000_000 * 10**6
+"""Test USDC minted to each development account on a development chain."""
+DEMO_DEPOSIT = 1_000_000 * 10**6
+"""What ``--demo`` deposits for each development account (the demo market's funding)."""
+
+class GatewayLike(Protocol):
+    """What the bridge uses of the gateway (`gateway.hub.Gateway`)."""
+
+    exchange: Exchange
+
+    def submit(self, command: ExchangeCommand, waiter: Any = None) -> int:
+        """Sequence a command."""
+
+
+class ServerLike(Protocol):
+    """What the bridge uses of the server (`gateway.server.ExchangeServer`)."""
+
+    routes: dict[str, Callable[[dict[str, str]], Any]]
+    socket_routes: dict[str, Callable[[ServerConnection], Awaitable[None]]]
+
+    def pump(self) -> None:
+        """Commit what was submitted."""
+
+
+class ChainExtension:
+    """`cmx serve`'s chain options and the service they start (a `ServeExtension`)."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the chain options to ``cmx serve``."""
+        group = parser.add_argument_group("chain")
+        group.add_argument("--chain", choices=["embedded", "anvil", "none"],
+                           default="embedded",
+                           help="embedded: the in-process EVM (default); anvil: spawn Anvil "
+                           "from node_modules; none: no chain (deposits only by command)")
+        group.add_argument("--rpc-url", default=None,
+                           help="use the JSON-RPC node at this URL instead")
+        group.add_argument("--deployment", type=Path, default=None,
+                           help="contract addresses to attach to (JSON; default "
+                           "DATA_DIR/chain/deployment.json, deployed there on a development "
+                           "chain if missing)")
+        group.add_argument("--operator-key", default=None, metavar="KEY_OR_FILE",
+                           help="the ClearingHouse operator's key (default: one generated "
+                           "in DATA_DIR/chain/operator.key, development chains only)")
+        group.add_argument("--confirmations", type=int, default=None,
+                           help="blocks a deposit must be under before it is credited "
+                           "(default 0 on development chains, 12 otherwise)")
+        group.add_argument("--batch-interval", type=float, default=BATCH_INTERVAL_S,
+                           help=f"seconds between clearing cuts (default {BATCH_INTERVAL_S:g})")
+        group.add_argument("--batch-fills", type=int, default=BATCH_FILLS,
+                           help=f"cut sooner once this many fills wait (default "
+                           f"{BATCH_FILLS})")
+        group.add_argument("--forced-withdrawal-delay", type=int,
+                           default=deployments.FORCED_WITHDRAWAL_DELAY_S,
+                           help="seconds a forced withdrawal may wait before the vault can "
+                           "be frozen, for a new deployment (default one day)")
+
+    def attach(self, args: argparse.Namespace) -> Callable[[Any, Any], Awaitable[Any]] | None:
+        """The chain service's start, unless ``--chain none``."""
+        if args.chain == "none" and args.rpc_url is None:
+            return None
+        return partial(_start, args)
+
+    def funds_demo(self, args: argparse.Namespace) -> bool:
+        """With a chain, the demo's accounts are funded by real deposits."""
+        return args.chain != "none" or args.rpc_url is not None
+
+
+EXTENSION = ChainExtension()
+
+
+async def _start(args: argparse.Namespace, gateway: GatewayLike,
+                 server: ServerLike) -> Callable[[], Awaitable[None]]:
+    service = ChainService(args, gateway, server)
+    await service.start()
+    return service.stop
+
+
+class ChainService:
+    """The bridge's thread, its loop in the server's event loop, and its endpoints."""
+
+    def __init__(self, args: argparse.Namespace, gateway: GatewayLike,
+                 server: ServerLike) -> None:
+        self.args = args
+        self.gateway = gateway
+        self.server = server
+        self.dir: Path = args.data_dir / "chain"
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="cmx-chain")
+        self.chain: Chain | None = None
+        self.bridge: ChainBridge | None = None
+        self.desk: WalletDesk | None = None
+        self.anvil: AnvilNode | None = None
+        self._status: dict[str, Any] = {"state": "starting"}
+        self._task: asyncio.Task[None] | None = None
+        self._last_cut = time.monotonic()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def start(self) -> None:
+        """Connect, deploy or attach, fund the development accounts, start polling."""
+        try:
+            await self._call(self._open)
+        except BaseException:
+            await self._call(self._close)
+            self._thread.shutdown()
+            raise
+        assert self.bridge is not None
+        self._status = await self._call(self._status_now)
+        self.server.routes["/api/chain"] = lambda _query: self._status
+        self.server.routes["/api/chain/withdrawal"] = self._withdrawal
+        self.server.socket_routes["/chain"] = self._wallet
+        self._task = asyncio.create_task(self._loop())
+        log.info("chain %s (id %d): ClearingHouse %s, collateral %s, last batch %d",
+                 self._status["chain"], self._status["chain_id"],
+                 self._status["clearing_house"], self._status["token"],
+                 self._status["last_batch_id"])
+
+    async def stop(self) -> None:
+        """Stop polling; stop Anvil if this process started it."""
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+        await self._call(self._close)
+        self._thread.shutdown()
+
+    # --- on the chain thread ------------------------------------------------------------
+
+    def _open(self) -> None:
+        args = self.args
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if args.rpc_url is not None:
+            chain = rpc(args.rpc_url)
+        elif args.chain == "anvil":
+            self.anvil = AnvilNode(state=self.dir / "anvil-state.json",
+                                   log=self.dir / "anvil.log")
+            self.anvil.start()
+            chain = rpc(self.anvil.url, kind="anvil")
+        else:
+            chain = embedded(self.dir / "embedded-transactions.log")
+        self.chain = chain
+        operator = self._operator_key(chain)
+        path: Path = args.deployment or self.dir / "deployment.json"
+        if path.exists():
+            found = deployments.load(path)
+            deployments.check(chain, found)
+        elif chain.local:
+            chain.fund(operator.address, DEV_ETHER)
+            found = deployments.deploy(chain, operator,
+                                       forced_withdrawal_delay_s=args.forced_withdrawal_delay)
+            deployments.save(found, path)
+            log.info("contracts deployed on the %s chain, recorded in %s", chain.kind, path)
+        else:
+            raise ChainError(f"no deployment at {path}: give --deployment for this chain")
+        if chain.local:
+            chain.fund(operator.address, DEV_ETHER)
+            self._fund_dev_accounts(chain, found, operator, deposit=args.demo)
+        confirmations = args.confirmations if args.confirmations is not None else \
+            0 if chain.local else 12
+        self.bridge = ChainBridge(chain, found, operator, confirmations=confirmations)
+        self.desk = WalletDesk(chain, found)
+
+    def _operator_key(self, chain: Chain) -> LocalAccount:
+        if self.args.operator_key is not None:
+            key: LocalAccount = Account.from_key(read_key(self.args.operator_key))
+            return key
+        if not chain.local:
+            raise ChainError("give --operator-key for a chain other than a development one")
+        path = self.dir / "operator.key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("0x" + secrets.token_hex(32) + "\n")
+        generated: LocalAccount = Account.from_key(read_key(str(path)))
+        return generated
+
+    def _fund_dev_accounts(self, chain: Chain, found: Deployment, operator: LocalAccount, *,
+                           deposit: bool) -> None:
+        """Ether and test USDC for the development accounts; with ``deposit``, each
+        deposits the demo's funding once."""
+        token = chain.contract("CollateralToken", found.token)
+        house = chain.contract("ClearingHouse", found.clearing_house)
+        for address, key in dev_keys():
+            account = Web3.to_checksum_address(address)
+            chain.fund(account, DEV_ETHER)
+            if token.functions.balanceOf(account).call() == 0 and \
+                    house.functions.balanceOf(account).call() == 0:
+                chain.transact(operator, token.functions.mint(account, DEV_TOKENS),
+                               "minting test USDC")
+            if deposit and house.functions.balanceOf(account).call() == 0:
+                signer = Account.from_key(key)
+                chain.transact(signer, token.functions.approve(house.address, DEMO_DEPOSIT),
+                               "approving the ClearingHouse")
+                chain.transact(signer, house.functions.deposit(DEMO_DEPOSIT), "deposit")
+
+    def _poll(self, view: EngineView) -> tuple[list[ExchangeCommand], dict[str, Any]]:
+        assert self.bridge is not None
+        try:
+            commands = self.bridge.poll(view)
+            self.bridge.last_error = None
+        except (ChainError, OSError, ValueError) as exc:  # an outage: try again next round
+            commands = []
+            if self.bridge.last_error != str(exc):
+                log.warning("chain unavailable, clearing waits: %s", exc)
+            self.bridge.last_error = str(exc)
+        return commands, self._status_now()
+
+    def _status_now(self) -> dict[str, Any]:
+        assert self.bridge is not None
+        try:
+            status = self.bridge.status()
+        except Exception as exc:  # the node is down: show what is known
+            status = {**self._status, "error": str(exc)}
+        clearing = self.gateway.exchange.clearing
+        status["engine_next_batch_id"] = clearing.next_batch_id
+        status["engine_unconfirmed_batches"] = len(clearing.unconfirmed)
+        return status
+
+    def _close(self) -> None:
+        if self.anvil is not None:
+            self.anvil.stop()
+
+    # --- on the event loop ------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        poll_s = POLL_MS / 1000
+        while True:
+            self._maybe_cut()
+            clearing = self.gateway.exchange.clearing
+            view = EngineView(max(self.gateway.exchange.deposits_seen, default=0),
+                              frozenset(clearing.forced_seen), tuple(clearing.unconfirmed))
+            try:
+                commands, self._status = await self._call(self._poll, view)
+            except Exception:
+                log.exception("chain bridge round failed")
+                commands = []
+            for command in commands:
+                self.gateway.submit(command)
+            if commands:
+                self.server.pump()
+            await asyncio.sleep(poll_s)
+
+    def _maybe_cut(self) -> None:
+        now = time.monotonic()
+        fills = len(self.gateway.exchange.clearing.fills)
+        if now - self._last_cut >= self.args.batch_interval or fills >= self.args.batch_fills:
+            self._last_cut = now
+            self.gateway.submit(ClearingCut())
+            self.server.pump()
+
+    def _withdrawal(self, query: dict[str, str]) -> dict[str, Any] | None:
+        bridge = self.bridge
+        if bridge is None or not query.get("id", "").isdigit():
+            return None
+        withdrawal_id = int(query["id"])
+        block = bridge.paid_withdrawals.get(withdrawal_id)
+        return {"withdrawal_id": withdrawal_id, "paid": block is not None, "block": block}
+
+    async def _wallet(self, connection: ServerConnection) -> None:
+        """``/chain``: one JSON request per frame, answered in order (`WalletDesk`)."""
+        assert self.desk is not None
+        try:
+            async for frame in connection:
+                try:
+                    request = json.loads(frame)
+                except ValueError:
+                    request = None
+                if not isinstance(request, dict):
+                    reply: dict[str, Any] = {"error": "expected a JSON object"}
+                else:
+                    reply = await self._call(self.desk.answer, request)
+                await connection.send(json.dumps(reply))
+        except ConnectionClosed:
+            return

@@ -1,0 +1,150 @@
+"""Deposits from the command line, through a running `cmx serve`, whichever chain it uses.
+
+The server answers JSON messages on the websocket path ``/chain`` (`WalletDesk`, on the
+chain thread): ``{"op": "info"}`` (chain id, contract addresses, fees),
+``{"op": "account", "address": A}`` (nonce, ether, test USDC, allowance, settled balance) and
+``{"op": "send", "raw": "0x..."}`` (a transaction signed by the user: simulated first, so a
+revert comes back with the contract's reason and is never sent; else sent, and answered with
+its receipt). Keys never leave the user's machine: `deposit` signs locally.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from eth_account import Account
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.exceptions import ContractLogicError
+from web3.types import TxParams
+from websockets.sync.client import connect
+
+from chain_bridge.chain import Chain, ChainError, RevertedError
+from chain_bridge.contracts import load_artifact
+from chain_bridge.deployment import Deployment
+
+APPROVE_GAS = 80_000
+DEPOSIT_GAS = 120_000
+
+
+class WalletDesk:
+    """The server side of ``/chain``: blocking, on the chain's thread."""
+
+    def __init__(self, chain: Chain, deployment: Deployment) -> None:
+        self.chain = chain
+        self.deployment = deployment
+        self.token = chain.contract("CollateralToken", deployment.token)
+        self.house = chain.contract("ClearingHouse", deployment.clearing_house)
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The reply to one request (``{"error": ...}`` for a bad one)."""
+        op = request.get("op")
+        try:
+            if op == "info":
+                return self.info()
+            if op == "account" and isinstance(request.get("address"), str):
+                return self.account(request["address"])
+            if op == "send" and isinstance(request.get("raw"), str):
+                return self.send(request["raw"])
+        except (ValueError, ChainError) as exc:
+            return {"error": str(exc)}
+        return {"error": "expected {op: info | account (address) | send (raw)}"}
+
+    def info(self) -> dict[str, Any]:
+        """The chain and the contracts."""
+        base = self.chain.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0
+        d = self.deployment
+        return {"chain": self.chain.kind, "chain_id": self.chain.chain_id, "token": d.token,
+                "clearing_house": d.clearing_house, "registry": d.registry,
+                "base_fee": int(base)}
+
+    def account(self, address: str) -> dict[str, Any]:
+        """What ``address`` has on chain."""
+        if not Web3.is_address(address):
+            raise ValueError(f"not an address: {address}")
+        who = Web3.to_checksum_address(address)
+        eth = self.chain.w3.eth
+        return {
+            "address": address.lower(),
+            "nonce": eth.get_transaction_count(who, "pending"),
+            "ether": int(eth.get_balance(who)),
+            "token_balance": int(self.token.functions.balanceOf(who).call()),
+            "allowance": int(self.token.functions.allowance(who, self.house.address).call()),
+            "settled_balance": int(self.house.functions.balanceOf(who).call()),
+        }
+
+    def send(self, raw_hex: str) -> dict[str, Any]:
+        """Simulate, then send, a signed transaction; its receipt."""
+        raw = bytes.fromhex(raw_hex.removeprefix("0x"))
+        sender = Account.recover_transaction(raw)
+        fields = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
+        call: TxParams = {"from": sender, "to": fields["to"], "data": fields["data"],
+                          "value": fields.get("value", 0)}
+        try:
+            self.chain.w3.eth.call(call)
+        except ContractLogicError as exc:
+            reason = str(exc.message or exc).removeprefix("execution reverted: ")
+            return {"error": f"reverted: {reason}"}
+        tx_hash = self.chain.send_raw(raw)
+        receipt = self.chain.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120,
+                                                                 poll_latency=0.05)
+        return {"tx": tx_hash.to_0x_hex(), "status": int(receipt["status"]),
+                "block": int(receipt["blockNumber"])}
+
+
+class WalletClient:
+    """The client side of ``/chain`` on ``ws://host:port/chain``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send one request, return its reply; a refusal raises `ChainError`."""
+        try:
+            with connect(self.url, open_timeout=10) as ws:
+                ws.send(json.dumps(message))
+                reply: dict[str, Any] = json.loads(ws.recv(timeout=180))
+        except OSError as exc:
+            raise ChainError(f"cannot reach {self.url}: {exc}") from exc
+        if "error" in reply:
+            raise ChainError(str(reply["error"]))
+        return reply
+
+
+def deposit(url: str, key: str, amount: int) -> list[dict[str, Any]]:
+    """Approve (if needed) and deposit ``amount`` micro-USDC from ``key``'s account; the
+    receipts. Signed here; the server only relays."""
+    if amount <= 0:
+        raise ValueError("the amount must be positive")
+    client = WalletClient(url)
+    info = client.request({"op": "info"})
+    signer = Account.from_key(key)
+    state = client.request({"op": "account", "address": signer.address})
+    if state["token_balance"] < amount:
+        raise ChainError(f"{signer.address} holds {state['token_balance']} micro-USDC of the "
+                         f"collateral token, less than {amount}")
+    offline = Web3()
+    token = offline.eth.contract(abi=load_artifact("CollateralToken").abi)
+    house = offline.eth.contract(abi=load_artifact("ClearingHouse").abi)
+    house_address = Web3.to_checksum_address(info["clearing_house"])
+    calls: list[tuple[str, str, int]] = []
+    if state["allowance"] < amount:
+        calls.append((info["token"], token.encode_abi("approve", [house_address, amount]),
+                      APPROVE_GAS))
+    calls.append((info["clearing_house"], house.encode_abi("deposit", [amount]), DEPOSIT_GAS))
+    receipts = []
+    nonce = state["nonce"]
+    tip = 1_000_000_000
+    for to, data, gas in calls:
+        tx = {"to": Web3.to_checksum_address(to), "data": data, "value": 0, "gas": gas,
+              "nonce": nonce, "chainId": info["chain_id"], "type": 2,
+              "maxPriorityFeePerGas": tip, "maxFeePerGas": 2 * info["base_fee"] + tip}
+        signed = signer.sign_transaction(tx)
+        receipt = client.request({"op": "send", "raw": signed.raw_transaction.hex()})
+        if receipt["status"] != 1:
+            raise RevertedError("deposit", f"transaction {receipt['tx']} failed")
+        receipts.append(receipt)
+        nonce += 1
+    return receipts
