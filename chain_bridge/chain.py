@@ -36,7 +36,7 @@ RECEIPT_TIMEOUT_S = 120.0
 LOCAL_KINDS = frozenset({"embedded", "anvil"})
 
 
-class ChainError(Exception):
+class ChainError(RuntimeError):
     """The chain refused or could not be reached; the message says which and why."""
 
 

@@ -1,5 +1,6 @@
 """``cmx deposit`` and ``cmx chain status``: against a running `cmx serve`, found with
-``--host``/``--port``, whichever chain it uses."""
+``--host``/``--port``, whichever chain it uses. (web3 is imported only by ``deposit``: every
+`cmx` command builds this parser.)"""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ import urllib.request
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from chain_bridge.chain import ChainError
-from chain_bridge.wallet import deposit
 from engine.keys import read_key
 
 MICRO = 10**6
@@ -60,7 +59,8 @@ def micro_usdc(text: str) -> int:
 
 
 def chain_status(host: str, port: int) -> dict[str, Any]:
-    """``/api/chain`` of the server at ``host``:``port``."""
+    """``/api/chain`` of the server at ``host``:``port`` (`ConnectionError` if it cannot
+    tell)."""
     url = f"http://{host}:{port}/api/chain"
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -68,13 +68,17 @@ def chain_status(host: str, port: int) -> dict[str, Any]:
             return status
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
-            raise ChainError(f"the server at {host}:{port} runs without a chain") from exc
-        raise ChainError(f"{url}: {exc}") from exc
+            raise ConnectionError(f"the server at {host}:{port} runs without a chain") \
+                from exc
+        raise ConnectionError(f"{url}: {exc}") from exc
     except OSError as exc:
-        raise ChainError(f"cannot reach cmx serve at {host}:{port}: {exc}") from exc
+        raise ConnectionError(f"cannot reach cmx serve at {host}:{port}: {exc}") from exc
 
 
 def _deposit(args: argparse.Namespace) -> int:
+    from chain_bridge.chain import ChainError  # noqa: PLC0415 (web3: only here)
+    from chain_bridge.wallet import deposit  # noqa: PLC0415
+
     try:
         amount = micro_usdc(args.amount)
         receipts = deposit(f"ws://{args.host}:{args.port}/chain", read_key(args.key), amount)
@@ -89,7 +93,7 @@ def _deposit(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     try:
         status = chain_status(args.host, args.port)
-    except ChainError as exc:
+    except ConnectionError as exc:
         print(f"cmx chain status: {exc}", file=sys.stderr)
         return 1
     if args.json:

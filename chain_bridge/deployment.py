@@ -15,11 +15,9 @@ import msgspec
 from eth_account.signers.local import LocalAccount
 
 from chain_bridge.chain import Chain, ChainError
+from chain_bridge.extension import FORCED_WITHDRAWAL_DELAY_S
 from engine.ledger import FEE_ACCOUNT
 
-FORCED_WITHDRAWAL_DELAY_S = 86_400
-"""Default time a forced withdrawal request may wait for a batch before anyone may freeze
-the vault (one day, as StarkEx-style escape hatches use days, not minutes)."""
 DIFFICULTY = 2_000_000
 """Default attestation difficulty: about a second of one core per solve."""
 

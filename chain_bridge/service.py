@@ -27,7 +27,6 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -51,8 +50,6 @@ log = logging.getLogger("cmx.chain")
 
 T = TypeVar("T")
 
-BATCH_INTERVAL_S = 5.0
-BATCH_FILLS = 1_000
 POLL_MS = 200
 DEV_ETHER = 100 * ETHER
 DEV_TOKENS = 10_000_000 * 10**6
@@ -79,54 +76,9 @@ class ServerLike(Protocol):
         """Commit what was submitted."""
 
 
-class ChainExtension:
-    """`cmx serve`'s chain options and the service they start (a `ServeExtension`)."""
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Add the chain options to ``cmx serve``."""
-        group = parser.add_argument_group("chain")
-        group.add_argument("--chain", choices=["embedded", "anvil", "none"],
-                           default="embedded",
-                           help="embedded: the in-process EVM (default); anvil: spawn Anvil "
-                           "from node_modules; none: no chain (deposits only by command)")
-        group.add_argument("--rpc-url", default=None,
-                           help="use the JSON-RPC node at this URL instead")
-        group.add_argument("--deployment", type=Path, default=None,
-                           help="contract addresses to attach to (JSON; default "
-                           "DATA_DIR/chain/deployment.json, deployed there on a development "
-                           "chain if missing)")
-        group.add_argument("--operator-key", default=None, metavar="KEY_OR_FILE",
-                           help="the ClearingHouse operator's key (default: one generated "
-                           "in DATA_DIR/chain/operator.key, development chains only)")
-        group.add_argument("--confirmations", type=int, default=None,
-                           help="blocks a deposit must be under before it is credited "
-                           "(default 0 on development chains, 12 otherwise)")
-        group.add_argument("--batch-interval", type=float, default=BATCH_INTERVAL_S,
-                           help=f"seconds between clearing cuts (default {BATCH_INTERVAL_S:g})")
-        group.add_argument("--batch-fills", type=int, default=BATCH_FILLS,
-                           help=f"cut sooner once this many fills wait (default "
-                           f"{BATCH_FILLS})")
-        group.add_argument("--forced-withdrawal-delay", type=int,
-                           default=deployments.FORCED_WITHDRAWAL_DELAY_S,
-                           help="seconds a forced withdrawal may wait before the vault can "
-                           "be frozen, for a new deployment (default one day)")
-
-    def attach(self, args: argparse.Namespace) -> Callable[[Any, Any], Awaitable[Any]] | None:
-        """The chain service's start, unless ``--chain none``."""
-        if args.chain == "none" and args.rpc_url is None:
-            return None
-        return partial(_start, args)
-
-    def funds_demo(self, args: argparse.Namespace) -> bool:
-        """With a chain, the demo's accounts are funded by real deposits."""
-        return args.chain != "none" or args.rpc_url is not None
-
-
-EXTENSION = ChainExtension()
-
-
-async def _start(args: argparse.Namespace, gateway: GatewayLike,
-                 server: ServerLike) -> Callable[[], Awaitable[None]]:
+async def start(args: argparse.Namespace, gateway: GatewayLike,
+                server: ServerLike) -> Callable[[], Awaitable[None]]:
+    """Start the chain service for `cmx serve` with its options; returns its stop."""
     service = ChainService(args, gateway, server)
     await service.start()
     return service.stop

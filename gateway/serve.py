@@ -141,19 +141,18 @@ async def run(sequencer: Sequencer, host: str, port: int, *, demo: bool,
               fix_port: int = -1, fix_stores: StoreOpener | None = None,
               fix_cancel_on_disconnect: bool = False, attach: Sequence[Attach] = (),
               demo_funding: bool = True) -> None:
-    """Serve until ``stop`` is set, with the ``attach``ed parts of the process started after
-    the server (and stopped before it)."""
+    """Serve until ``stop`` is set, with the ``attach``ed parts of the process started before
+    the server listens (their routes are ready with it) and stopped before it closes."""
     gateway = Gateway(sequencer, market_data_interval_ns=market_data_ms * 1_000_000)
     server = ExchangeServer(gateway, host=host, port=port)
-    await server.start()
     detach: list[Detach] = []
     try:
         for start in attach:
             detach.append(await start(gateway, server))
+        await server.start()
     except BaseException:
         for stop_part in reversed(detach):
             await stop_part()
-        await server.stop()
         raise
     log.info("CMX listening on http://%s:%d/ (websocket API on the same port), command %d",
              host, server.port, sequencer.exchange.last_seq)
@@ -217,7 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # a port taken, a chain refusing (ChainError)
         print(f"cmx serve: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -37,14 +37,16 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """A `cmx serve` child process on a free port."""
+    """A `cmx serve` child process on a free port; without a chain unless ``extra`` names
+    one (these journals are funded by `CreditDeposit` commands, not by a chain)."""
 
     def __init__(self, data_dir: Path, *extra: str) -> None:
         self.port = free_port()
         self.log = data_dir.parent / f"serve-{self.port}.log"
+        chain = [] if "--chain" in extra else ["--chain", "none"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(data_dir),
-             "--port", str(self.port), "--listing-date", "2026-11-30", *extra],
+             "--port", str(self.port), "--listing-date", "2026-11-30", *chain, *extra],
             stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
         deadline = time.monotonic() + 30
         while True:

@@ -1,0 +1,184 @@
+"""`cmx serve` with its chain, driven as a user would: `cmx chain status`, `cmx deposit` and
+`cmx withdraw` as separate processes against the embedded EVM, Anvil, and a node given by
+``--rpc-url``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from chain_bridge.anvil import AnvilNode
+from chain_bridge.chain import ETHER, rpc
+from chain_bridge.deployment import deploy, save
+from chain_bridge.wallet import WalletClient
+from engine.keys import dev_keys
+from tests.integration.test_serve import ServeProcess
+
+USDC = 10**6
+
+
+def cmx(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the `cmx` command line as a separate process."""
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def chain_status(port: int) -> dict[str, Any]:
+    done = cmx("chain", "status", "--json", "--port", str(port))
+    assert done.returncode in (0, 2), done.stderr
+    status: dict[str, Any] = json.loads(done.stdout)
+    return status
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def started() -> Iterator[list[ServeProcess]]:
+    processes: list[ServeProcess] = []
+    yield processes
+    for process in processes:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()
+
+
+def test_the_demo_clears_batches_to_the_embedded_chain(tmp_path: Path,
+                                                       started: list[ServeProcess]) -> None:
+    serve = ServeProcess(tmp_path / "data", "--chain", "embedded", "--demo", "--fix-port",
+                         "-1", "--batch-interval", "1")
+    started.append(serve)
+    first = chain_status(serve.port)
+    assert first["chain"] == "embedded"
+    assert first["clearing_house"].startswith("0x") and len(first["clearing_house"]) == 42
+    wait_for("ten demo deposits credited and batched",
+             lambda: chain_status(serve.port)["last_credited_deposit_id"] == 10)
+    wait_for("two more batches",
+             lambda: chain_status(serve.port)["last_batch_id"] >= first["last_batch_id"] + 2)
+    later = chain_status(serve.port)
+    assert later["last_batch_id"] > first["last_batch_id"]
+    assert later["reconciled"] is True and later["halted"] is None
+    assert later["accounts_checked"] > 0
+    assert later["last_deposit_id"] == 10
+    text = cmx("chain", "status", "--port", str(serve.port))
+    assert text.returncode == 0 and "reconciled       yes" in text.stdout
+    assert serve.stop() == 0
+    # the embedded chain is rebuilt from its transaction log: same contracts, same batches
+    again = ServeProcess(tmp_path / "data", "--chain", "embedded", "--fix-port", "-1",
+                         "--batch-interval", "1")
+    started.append(again)
+    resumed = chain_status(again.port)
+    assert resumed["clearing_house"] == later["clearing_house"]
+    assert resumed["last_batch_id"] >= later["last_batch_id"]
+    assert resumed["reconciled"] is True
+
+
+def test_deposit_and_withdraw_from_the_command_line(tmp_path: Path,
+                                                    started: list[ServeProcess]) -> None:
+    serve = ServeProcess(tmp_path / "data", "--chain", "embedded", "--fix-port", "-1",
+                         "--batch-interval", "1")
+    started.append(serve)
+    address, key = dev_keys()[3]
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n")
+    wallet = WalletClient(f"ws://127.0.0.1:{serve.port}/chain")
+    before = wallet.request({"op": "account", "address": address})
+    assert before["token_balance"] > 0  # development accounts get test USDC
+
+    refused = cmx("deposit", "--port", str(serve.port), "--key", str(key_file), "-5")
+    assert refused.returncode != 0
+    done = cmx("deposit", "--port", str(serve.port), "--key", str(key_file), "1500.25")
+    assert done.returncode == 0, done.stderr
+    assert "deposited 1500.25 USDC" in done.stdout
+    after = wallet.request({"op": "account", "address": address})
+    assert after["settled_balance"] == 1_500_250_000
+    assert after["token_balance"] == before["token_balance"] - 1_500_250_000
+
+    too_much = cmx("withdraw", "--port", str(serve.port), "--key", str(key_file), "2000")
+    wait_for("the deposit credited", lambda: chain_status(serve.port)
+             ["last_credited_deposit_id"] >= 1)
+    assert too_much.returncode != 0 and "insufficient_funds" in too_much.stderr
+    out = cmx("withdraw", "--port", str(serve.port), "--key", str(key_file), "--wait", "500")
+    assert out.returncode == 0, out.stderr
+    assert "paid on chain" in out.stdout
+    paid = wallet.request({"op": "account", "address": address})
+    assert paid["token_balance"] == after["token_balance"] + 500 * USDC
+    assert paid["settled_balance"] == 1_000_250_000
+    assert chain_status(serve.port)["reconciled"] is True
+
+
+def test_serve_spawns_anvil_and_clears_to_it(tmp_path: Path,
+                                             started: list[ServeProcess]) -> None:
+    serve = ServeProcess(tmp_path / "data", "--chain", "anvil", "--demo", "--fix-port", "-1",
+                         "--batch-interval", "1")
+    started.append(serve)
+    first = chain_status(serve.port)
+    assert first["chain"] == "anvil" and first["chain_id"] == 31337
+    wait_for("demo deposits and batches on Anvil",
+             lambda: chain_status(serve.port)["last_batch_id"] >= first["last_batch_id"] + 2)
+    status = chain_status(serve.port)
+    assert status["last_deposit_id"] == 10 and status["reconciled"] is True
+    assert serve.stop() == 0
+    anvils = subprocess.run(["pgrep", "-f", f"anvil.*{tmp_path}"], capture_output=True,
+                            check=False)
+    assert anvils.stdout == b"", "Anvil outlived the server"
+
+
+def test_serve_attaches_to_a_deployment_on_any_node(tmp_path: Path,
+                                                    started: list[ServeProcess]) -> None:
+    node = AnvilNode()
+    node.start()
+    try:
+        chain = rpc(node.url, kind="anvil")  # the test funds its operator the Anvil way
+        operator: LocalAccount = Account.from_key("0x" + "a5" * 32)
+        chain.fund(operator.address, 10 * ETHER)
+        found = deploy(chain, operator, forced_withdrawal_delay_s=600)
+        save(found, tmp_path / "deployment.json")
+        (tmp_path / "operator.key").write_text("0x" + "a5" * 32)
+        address, key = dev_keys()[5]
+        token = chain.contract("CollateralToken", found.token)
+        chain.transact(operator, token.functions.mint(chain.w3.to_checksum_address(address),
+                                                      100 * USDC), "mint")
+        serve = ServeProcess(tmp_path / "data", "--chain", "none", "--rpc-url", node.url,
+                             "--deployment", str(tmp_path / "deployment.json"),
+                             "--operator-key", str(tmp_path / "operator.key"),
+                             "--confirmations", "0", "--fix-port", "-1",
+                             "--batch-interval", "1")
+        started.append(serve)
+        status = chain_status(serve.port)
+        assert status["chain"] == "rpc" and status["clearing_house"] == found.clearing_house
+        done = cmx("deposit", "--port", str(serve.port), "--key", key, "100")
+        assert done.returncode == 0, done.stderr
+        wait_for("the deposit credited in a batch",
+                 lambda: chain_status(serve.port)["last_credited_deposit_id"] == 1)
+        assert chain_status(serve.port)["reconciled"] is True
+        assert serve.stop() == 0
+    finally:
+        node.stop()
+
+
+def test_a_node_without_the_deployment_is_refused(tmp_path: Path) -> None:
+    node = AnvilNode()
+    node.start()
+    try:
+        done = cmx("serve", "--data-dir", str(tmp_path / "data"), "--rpc-url", node.url,
+                   "--operator-key", "0x" + "a5" * 32, "--port", "0", "--fix-port", "-1",
+                   timeout=60)
+    finally:
+        node.stop()
+    assert done.returncode != 0
+    assert "give --deployment" in done.stderr
