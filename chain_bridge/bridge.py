@@ -167,6 +167,8 @@ class ChainBridge:
                 break
             if batch.batch_id <= on_chain:  # settled already: check it is the same batch
                 block = self._settled_block(batch.batch_id)
+            elif self.chain.pending(self.operator.address):
+                break  # an earlier transaction (its receipt lost) may yet settle it: wait
             else:
                 try:
                     receipt = self.chain.transact(

@@ -138,6 +138,13 @@ class Chain:
                 os.fsync(f.fileno())
         return HexBytes(self.w3.eth.send_raw_transaction(raw))
 
+    def pending(self, sender: str) -> bool:
+        """Whether a transaction of ``sender`` waits to be mined."""
+        eth = self.w3.eth
+        address = Web3.to_checksum_address(sender)
+        return eth.get_transaction_count(address, "pending") > \
+            eth.get_transaction_count(address, "latest")
+
     def wait_idle(self, sender: str, timeout_s: float = RECEIPT_TIMEOUT_S) -> None:
         """Wait until no transaction of ``sender`` is pending (one sent before a restart)."""
         eth = self.w3.eth

@@ -207,7 +207,7 @@ class ChainService:
         try:
             commands = self.bridge.poll(view)
             self.bridge.last_error = None
-        except (ChainError, OSError, ValueError) as exc:  # an outage: try again next round
+        except Exception as exc:  # an outage (any client error): try again next round
             commands = []
             if self.bridge.last_error != str(exc):
                 log.warning("chain unavailable, clearing waits: %s", exc)
