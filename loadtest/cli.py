@@ -56,6 +56,19 @@ def register(commands: Any) -> None:
                         help="futures instrument to trade (default GPU.H100.F2701)")
     engine.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
     engine.set_defaults(handler=_bench_engine)
+    gas = kinds.add_parser(
+        "gas",
+        help="chain: gas of settleBatch per account delta and of a 1,000-account batch",
+        description="Starts Anvil (the npm package's binary), deploys the contracts, funds "
+        "--accounts accounts with deposits, and measures from receipts: an empty batch, the "
+        "gas per account delta (accounts holding a balance, and accounts at zero) and the "
+        "engine's batch of all the accounts, chunked and settled by the chain bridge. "
+        "Compares with BENCHMARKS.md. Exits 1 if reconciliation fails.",
+    )
+    gas.add_argument("--accounts", type=int, default=1000,
+                     help="accounts in the engine's batch (default 1,000)")
+    gas.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
+    gas.set_defaults(handler=_bench_gas)
     _register_loadtest(commands)
 
 
@@ -186,3 +199,9 @@ def _bench_core(args: argparse.Namespace) -> int:
 
 def _bench_engine(args: argparse.Namespace) -> int:
     return main_engine(args.ops, args.seed, args.symbol, args.json)
+
+
+def _bench_gas(args: argparse.Namespace) -> int:
+    from loadtest.bench_gas import main_gas  # noqa: PLC0415 (web3 loads only for it)
+
+    return main_gas(args.accounts, args.json)
