@@ -32,7 +32,7 @@ from web3.types import BlockIdentifier
 from chain_bridge.batches import hash_of, settle_arguments
 from chain_bridge.chain import Chain, ChainError, RevertedError
 from chain_bridge.deployment import Deployment
-from engine.clearing import ClearingBatch
+from engine.clearing import BatchDelta, ClearingBatch
 from engine.commands import BatchConfirmed, CreditDeposit, ExchangeCommand, ForceWithdrawal
 
 log = logging.getLogger("cmx.bridge")
@@ -88,18 +88,28 @@ class ChainBridge:
         self.last_reconciled_batch = 0
         self.batches_sent = 0
         self.last_error: str | None = None
+        self._cut = 0  # the cut whose chunks are being confirmed, and their deltas so far
+        self._cut_deltas: list[BatchDelta] = []
         chain.wait_idle(operator.address)
 
     # --- one round ------------------------------------------------------------------------
 
     def poll(self, view: EngineView) -> list[ExchangeCommand]:
-        """Look at the chain once; the commands to sequence, in order."""
+        """Look at the chain once; the commands to sequence, in order. A round the chain
+        interrupts still returns what it had found (their counters have moved on); with
+        nothing found, the error is raised."""
         commands: list[ExchangeCommand] = []
-        head = self.chain.w3.eth.block_number
-        self._scan(head)
-        commands += self._credits(view, head - self.confirmations)
-        commands += self._forced_withdrawals(view)
-        commands += self._clear(view)
+        try:
+            head = self.chain.w3.eth.block_number
+            self._scan(head)
+            self._credits(view, head - self.confirmations, commands)
+            self._forced_withdrawals(view, commands)
+            self._clear(view, commands)
+        except Exception as exc:
+            if not commands:
+                raise
+            self.last_error = str(exc)
+            log.warning("chain round interrupted after %d commands: %s", len(commands), exc)
         return commands
 
     def _scan(self, head: int) -> None:
@@ -122,8 +132,8 @@ class ChainBridge:
                     int(entry["blockNumber"])
             self._scanned = end
 
-    def _credits(self, view: EngineView, safe_block: int) -> list[ExchangeCommand]:
-        commands: list[ExchangeCommand] = []
+    def _credits(self, view: EngineView, safe_block: int,
+                 commands: list[ExchangeCommand]) -> None:
         next_id = max(view.credited_deposit_id, self._credit_sent) + 1
         while True:
             deposit = self.deposits.get(next_id)
@@ -133,30 +143,27 @@ class ChainBridge:
                         log.error("deposit id %d is missing from the chain's logs (later "
                                   "ids seen): crediting stops there", next_id)
                     self.deposit_gap = next_id
-                return commands
+                return
             if deposit.block > safe_block:
-                return commands
+                return
             commands.append(CreditDeposit(deposit.deposit_id, deposit.account, deposit.amount))
             self._credit_sent = next_id
             next_id += 1
 
-    def _forced_withdrawals(self, view: EngineView) -> list[ExchangeCommand]:
-        commands: list[ExchangeCommand] = []
+    def _forced_withdrawals(self, view: EngineView, commands: list[ExchangeCommand]) -> None:
         for request_id in sorted(self.forced):
             if request_id not in view.forced_seen and request_id not in self._forced_sent:
                 account, amount = self.forced[request_id]
                 commands.append(ForceWithdrawal(request_id, account, amount))
                 self._forced_sent.add(request_id)
-        return commands
 
     # --- clearing ---------------------------------------------------------------------------
 
-    def _clear(self, view: EngineView) -> list[ExchangeCommand]:
-        commands: list[ExchangeCommand] = []
-        if self.halted is not None:
-            return commands
+    def _clear(self, view: EngineView, commands: list[ExchangeCommand]) -> None:
         house = self.house.functions
         for batch in view.unconfirmed:
+            if self.halted is not None:
+                return
             if batch.batch_id <= self._confirm_sent:
                 continue
             on_chain = int(house.lastBatchId().call())
@@ -164,35 +171,49 @@ class ChainBridge:
             if batch.batch_id > on_chain + 1:
                 self._halt(f"batch {batch.batch_id} is next in the engine but the chain's "
                            f"last batch is {on_chain}: a batch is missing")
-                break
-            if batch.batch_id <= on_chain:  # settled already: check it is the same batch
-                block = self._settled_block(batch.batch_id)
-            elif self.chain.pending(self.operator.address):
-                break  # an earlier transaction (its receipt lost) may yet settle it: wait
-            else:
-                try:
-                    receipt = self.chain.transact(
-                        self.operator, house.settleBatch(*settle_arguments(batch, prev_hash)),
-                        f"batch {batch.batch_id}")
-                except RevertedError as exc:
-                    if int(house.lastBatchId().call()) >= batch.batch_id:
-                        continue  # a transaction sent before a restart got there first
-                    self._halt(str(exc))
-                    break
-                self.batches_sent += 1
-                block = int(receipt["blockNumber"])
+                return
+            if batch.batch_id > on_chain:
+                if self.chain.pending(self.operator.address):
+                    return  # an earlier transaction (its receipt lost) may yet settle it
+                if not self._send(batch, prev_hash):
+                    return
+            block = self._settled_block(batch.batch_id)
             expected = hash_of(batch, prev_hash)
             actual = bytes(house.batchHashes(batch.batch_id).call())
             if actual != expected:
                 self._halt(f"batch {batch.batch_id} on chain has hash 0x{actual.hex()}, the "
                            f"engine's is 0x{expected.hex()}")
-                break
+                return
             commands.append(BatchConfirmed(batch.batch_id, "0x" + actual.hex()))
             self._confirm_sent = batch.batch_id
-            self._reconcile(batch, block)
-            if self.halted is not None:
-                break
-        return commands
+            if self._cut != batch.cut:
+                self._cut, self._cut_deltas = batch.cut, []
+            self._cut_deltas += batch.deltas
+            if batch.last_chunk:  # a withdrawal may sit in a later chunk than its delta
+                self._reconcile(batch, block, self._cut_deltas)
+
+    def _send(self, batch: ClearingBatch, prev_hash: bytes) -> bool:
+        """Settle ``batch``; whether it is on chain now (sent by us or by an earlier
+        transaction that got there first)."""
+        house = self.house.functions
+        short = [d for d in batch.deltas if d.balance < 0]
+        if short:  # the contract would refuse it ("negative balance"): say who and why
+            self._halt(f"batch {batch.batch_id} would take "
+                       + ", ".join(f"{d.account} to {d.balance}" for d in short)
+                       + " on chain; the chain holds no debts: top the account up (the "
+                       "insurance fund, after a cover it could not pay)")
+            return False
+        try:
+            self.chain.transact(self.operator,
+                                house.settleBatch(*settle_arguments(batch, prev_hash)),
+                                f"batch {batch.batch_id}")
+        except RevertedError as exc:
+            if int(house.lastBatchId().call()) >= batch.batch_id:
+                return True
+            self._halt(str(exc))
+            return False
+        self.batches_sent += 1
+        return True
 
     def _settled_block(self, batch_id: int) -> int:
         logs = self.house.events.BatchSettled().get_logs(
@@ -201,12 +222,23 @@ class ChainBridge:
             raise ChainError(f"no BatchSettled log for batch {batch_id}")
         return int(logs[-1]["blockNumber"])
 
-    def _reconcile(self, batch: ClearingBatch, block: int) -> None:
-        """Every account of ``batch`` holds on chain what the engine expects."""
-        self._scan(max(block, self._scanned))
+    def _reconcile(self, batch: ClearingBatch, block: int, deltas: list[BatchDelta]) -> None:
+        """Every account of the cut ending with ``batch`` holds on chain what the engine
+        expects, read at the batch's block (or now, if the node has forgotten that block's
+        state and no batch came since)."""
         house = self.house.functions
         at: BlockIdentifier = block
-        last_deposit = int(house.lastDepositId().call(block_identifier=at))
+        try:
+            last_deposit = int(house.lastDepositId().call(block_identifier=at))
+        except Exception as exc:
+            head = int(self.chain.w3.eth.block_number)
+            if int(house.lastBatchId().call(block_identifier=head)) != batch.batch_id:
+                log.warning("batch %d not reconciled: the node no longer has the state of "
+                            "block %d (%s)", batch.batch_id, block, exc)
+                return
+            at = head
+            last_deposit = int(house.lastDepositId().call(block_identifier=at))
+        self._scan(max(int(at), self._scanned))
         pending: dict[str, int] = {}
         for deposit_id in range(batch.credited_deposit_id + 1, last_deposit + 1):
             deposit = self.deposits.get(deposit_id)
@@ -215,7 +247,7 @@ class ChainBridge:
                            "has no log")
                 return
             pending[deposit.account] = pending.get(deposit.account, 0) + deposit.amount
-        for delta in batch.deltas:
+        for delta in deltas:
             held = int(house.balanceOf(Web3.to_checksum_address(delta.account))
                        .call(block_identifier=at))
             expected = delta.balance + pending.get(delta.account, 0)
@@ -226,7 +258,7 @@ class ChainBridge:
                            f"{expected} ({delta.balance} settled + "
                            f"{pending.get(delta.account, 0)} deposited since)")
                 return
-        self.accounts_checked += len(batch.deltas)
+        self.accounts_checked += len(deltas)
         self.last_reconciled_batch = batch.batch_id
 
     def _halt(self, reason: str) -> None:

@@ -80,7 +80,8 @@ class Chain:
         params: TxParams = {"from": sender.address, "chainId": self.chain_id}
         try:
             gas = call.estimate_gas(params)
-            tx = call.build_transaction({**params, "gas": gas + gas // 5 + 30_000})
+            limit = int(self.w3.eth.get_block("latest")["gasLimit"])
+            tx = call.build_transaction({**params, "gas": min(gas + gas // 5 + 30_000, limit)})
         except ContractLogicError as exc:
             raise RevertedError(what, _reason(exc)) from exc
         return self._send(sender, tx, what)
@@ -215,7 +216,8 @@ def _raw_transactions(path: Path) -> Iterator[bytes]:
 
 def rpc(url: str, kind: str = "rpc") -> Chain:
     """A JSON-RPC node at ``url``."""
-    w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 30}))
+    # caching lets web3 ask for the chain id once, not before every call
+    w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 30}, cache_allowed_requests=True))
     try:
         return Chain(w3, kind)
     except Exception as exc:

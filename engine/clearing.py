@@ -22,7 +22,10 @@ import msgspec
 from engine.messages import Side
 
 CHUNK_ENTRIES = 800
-"""Deltas plus withdrawals per batch: 800 fit well inside a 30M-gas block."""
+"""Weight of a batch: a delta weighs 1, a withdrawal (a token transfer) 2. A delta costs at
+most about 24k gas (an account's first balance), a withdrawal about 35k, so 800 fit well
+inside a 30M-gas block whatever the mix."""
+WITHDRAWAL_WEIGHT = 2
 
 
 class BatchDelta(msgspec.Struct, frozen=True, array_like=True):
@@ -137,9 +140,16 @@ class Clearing:
                 credited_deposit_id == self.credited_deposit_id:
             return []
         self.credited_deposit_id = credited_deposit_id
+        chunks: list[list[BatchDelta | BatchWithdrawal]] = [[]]
+        weight = 0
         entries: list[BatchDelta | BatchWithdrawal] = [*deltas, *withdrawals]
-        chunks = [entries[i:i + CHUNK_ENTRIES] for i in range(0, len(entries), CHUNK_ENTRIES)]
-        chunks = chunks or [[]]
+        for entry in entries:
+            size = 1 if isinstance(entry, BatchDelta) else WITHDRAWAL_WEIGHT
+            if weight + size > CHUNK_ENTRIES and chunks[-1]:
+                chunks.append([])
+                weight = 0
+            chunks[-1].append(entry)
+            weight += size
         batches = []
         for i, chunk in enumerate(chunks):
             final = i == len(chunks) - 1

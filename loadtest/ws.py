@@ -51,7 +51,7 @@ Begin = Callable[[], Awaitable[int]]
 def dev_keys() -> list[str]:
     """The keys of the development mnemonic's accounts (the ones ``cmx serve --demo``
     funds); development only."""
-    from gateway.demo import dev_keys as derive  # noqa: PLC0415 (eth-account: --url runs only)
+    from engine.keys import dev_keys as derive  # noqa: PLC0415 (eth-account: --url runs only)
 
     return [key for _, key in derive()]
 

@@ -11,8 +11,6 @@ transaction waits in the pool until ``evm_mine``, which is how a bridge is made 
 sight of a batch between sending it and seeing its receipt (its receipt wait is cut short
 to a second); the bridge that gave up is then either dropped for a new one, as a restarted
 process would be, or polled again, as `cmx serve` does after an error.
-
-Tests marked FAILS in their comment show a bug in `chain_bridge` that is still open.
 """
 
 from __future__ import annotations
@@ -514,13 +512,9 @@ def test_an_rpc_outage_holds_clearing_back_and_loses_nothing(stateful_anvil: Anv
         node.stop()
 
 
-# FAILS (bridge bug): a round that fails half-way loses the commands it had already made.
-# `ChainBridge.poll` advances `_credit_sent` and `_confirm_sent` as it builds its commands,
-# and returns them only at the end; when a later step raises (here the node goes down while
-# the round waits for batch 2's receipt) the credit of deposit 5 and the confirmation of
-# batch 1 are lost with the exception, and the same bridge never sends them again: deposit
-# 5 is never credited, and the engine refuses every later confirmation as out of order, so
-# clearing is stuck for good (until the process restarts).
+# A round the node interrupts half-way (here while it waits for batch 2's receipt) still
+# hands over what it had found: the credit of deposit 5 and the confirmation of batch 1; the
+# same bridge then carries on once the node is back.
 def test_an_outage_in_the_middle_of_a_round_loses_nothing(stateful_anvil: AnvilNode) -> None:
     node = stateful_anvil
     chain = rpc(node.url, kind="anvil")
@@ -546,9 +540,11 @@ def test_an_outage_in_the_middle_of_a_round_loses_nothing(stateful_anvil: AnvilN
     node.stop()  # while the round waits for batch 2's receipt
     poller.join(timeout=30)
     assert not poller.is_alive()
-    assert len(failure) == 1 and isinstance(failure[0], OSError), failure
-    assert len(run.commands) == applied  # the round returned nothing
-    assert [b.batch_id for b in run.ex.clearing.unconfirmed] == [1, 2]
+    assert failure == []
+    assert [type(c).__name__ for c in run.commands[applied:]] == \
+        ["CreditDeposit", "BatchConfirmed"]
+    assert run.cd.bridge.last_error is not None  # the interruption is reported
+    assert [b.batch_id for b in run.ex.clearing.unconfirmed] == [2]
     node = AnvilNode(port=node.port, state=node.state, log=node.log)
     node.start()
     try:
@@ -569,14 +565,9 @@ def test_an_outage_in_the_middle_of_a_round_loses_nothing(stateful_anvil: AnvilN
         node.stop()
 
 
-# FAILS (bridge bug): reconciliation reads balances at the block of the batch
-# (`ChainBridge._reconcile`, ``call(block_identifier=block)``), and a batch found settled
-# after the node restarted is reconciled at a block whose state the node no longer has:
-# Anvil keeps no historical state across a --state restart (without
-# --preserve-historical-states), and a pruned (non-archive) node drops it after 128 blocks.
-# The round raises Web3RPCError (BlockOutOfRangeError); the batch's confirmation, already
-# counted as sent, is lost with it (the test above), and were it kept, every later round
-# would fail the same way: that block's state never comes back.
+# A batch found settled after the node restarted is reconciled at that batch's block if the
+# node still has its state, else now (Anvil keeps no historical state across a --state
+# restart, and a pruned node drops it after 128 blocks) when no batch came since.
 @pytest.mark.usefixtures("short_receipts")
 def test_a_batch_settled_before_a_node_restart_is_confirmed_after_it(
         stateful_anvil: AnvilNode) -> None:

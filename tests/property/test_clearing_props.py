@@ -16,6 +16,7 @@ and so would its balance on chain (see the unit test of that in ``test_exchange_
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import NamedTuple
 from unittest import mock
@@ -25,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import engine.clearing
-from engine.clearing import BatchFill, BatchWithdrawal, ClearingBatch
+from engine.clearing import WITHDRAWAL_WEIGHT, BatchFill, BatchWithdrawal, ClearingBatch
 from engine.commands import (
     BatchConfirmed,
     ClearingCut,
@@ -169,9 +170,14 @@ def check_cut(ex: Exchange, chain: Chain, batches: list[ClearingBatch], period: 
         assert period.withdrawals == []
         assert period.fills == []
         return
-    sizes = [len(b.deltas) + len(b.withdrawals) for b in batches]
-    assert sizes[:-1] == [chunk_entries] * (len(batches) - 1)
-    assert 0 < sizes[-1] <= chunk_entries or sizes == [0]
+    # a delta weighs 1, a withdrawal WITHDRAWAL_WEIGHT; each chunk is filled up to the limit
+    # (the next entry would not fit), and only a single entry may exceed it alone
+    weights = [[1] * len(b.deltas) + [WITHDRAWAL_WEIGHT] * len(b.withdrawals) for b in batches]
+    for chunk, following in itertools.pairwise(weights):
+        assert chunk and sum(chunk) + following[0] > chunk_entries
+    for chunk in weights:
+        assert sum(chunk) <= chunk_entries or len(chunk) == 1
+    assert weights[-1] or len(weights) == 1
     assert [b.last_chunk for b in batches] == [False] * (len(batches) - 1) + [True]
     assert [b.fills for b in batches] == [[]] * (len(batches) - 1) + [period.fills]
     assert [w for b in batches for w in b.withdrawals] == period.withdrawals

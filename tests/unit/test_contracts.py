@@ -17,7 +17,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
-from eth_tester.exceptions import TransactionFailed  # type: ignore[import-untyped]
+from eth_tester.exceptions import TransactionFailed
 from eth_typing import ChecksumAddress
 from web3 import EthereumTesterProvider, Web3
 from web3.contract import Contract

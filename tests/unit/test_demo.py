@@ -18,9 +18,10 @@ from engine.events import (
     OrderRejected,
     Trade,
 )
+from engine.keys import dev_keys
 from engine.messages import Side
 from gateway.auth import address_of
-from gateway.demo import dev_accounts, dev_keys
+from gateway.demo import dev_accounts
 from gateway.demo_market import (
     BP,
     DEMO_DEPOSIT_BASE,

@@ -347,15 +347,16 @@ def test_a_cut_over_chunk_entries_is_split_into_consecutive_batches(
         ClearingBatch(1, 1, False, 5,
                       [BatchDelta(ALICE, -fee, RICH - fee - 1_000_000),
                        BatchDelta(CAROL, -fee, RICH - fee + 1)], [], []),
-        ClearingBatch(2, 1, True, 5, [BatchDelta(FEE_ACCOUNT, 2 * fee, 2 * fee)],
-                      [BatchWithdrawal(1, 0, ALICE, 1_000_000)],
+        ClearingBatch(2, 1, False, 5, [BatchDelta(FEE_ACCOUNT, 2 * fee, 2 * fee)], [], []),
+        # a withdrawal (a token transfer) weighs two deltas: a chunk of its own here
+        ClearingBatch(3, 1, True, 5, [], [BatchWithdrawal(1, 0, ALICE, 1_000_000)],
                       [BatchFill(GPU_SPOT, 1, 2500, 1, ALICE, BOB, START),
                        BatchFill(GPU_SPOT, 2, 2500, 1, CAROL, DAVE, START)]),
     ]
-    assert [b.batch_id for b in desk.ex.clearing.unconfirmed] == [1, 2]
+    assert [b.batch_id for b in desk.ex.clearing.unconfirmed] == [1, 2, 3]
     spot_trade(desk, ALICE, BOB)
     (batch,) = desk.cut_batches()
-    assert (batch.batch_id, batch.cut, batch.last_chunk) == (3, 2, True)
+    assert (batch.batch_id, batch.cut, batch.last_chunk) == (4, 2, True)
 
 
 def test_one_entry_chunks_keep_the_running_sum_at_or_below_zero(
@@ -369,23 +370,27 @@ def test_one_entry_chunks_keep_the_running_sum_at_or_below_zero(
     assert [len(b.fills) for b in batches] == [0, 0, 0, 2]
 
 
-def test_each_chunk_leaves_its_accounts_at_their_delta_balance(
+def test_a_chunked_cut_leaves_every_account_at_its_delta_balance(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # Each chunk is a batch of its own, confirmed and reconciled on its own (CHAIN.md:
-    # "after each confirmed batch, the on-chain balance of every touched account equals the
-    # engine's settled balance"). An account's withdrawal must then settle in the chunk of its
-    # delta, or the delta's ``balance`` must say what the chain holds after that chunk.
+    # A delta's ``balance`` is what the account holds once the whole cut has settled: an
+    # account's withdrawal may come in a later chunk than its delta, so the bridge reconciles
+    # a cut after its last chunk.
     monkeypatch.setattr(engine.clearing, "CHUNK_ENTRIES", 2)
     desk = chunked_desk()
     chain = Chain()
     for n, who in enumerate((ALICE, BOB, CAROL, DAVE), start=1):
         chain.deposit(n, who, RICH)
-    for batch in desk.cut_batches():
+    batches = desk.cut_batches()
+    assert len(batches) > 1
+    split = {d.account for d in batches[0].deltas} & \
+        {w.account for b in batches[1:] for w in b.withdrawals}
+    assert split, "the scenario puts a withdrawal in a later chunk than its delta"
+    for batch in batches:
         chain.settle(batch)
-        for delta in batch.deltas:
-            assert chain.balance(delta.account) == delta.balance, (
-                f"after batch {batch.batch_id} the chain holds {chain.balance(delta.account)} "
-                f"for {delta.account}, its delta says {delta.balance}")
+    for delta in (d for b in batches for d in b.deltas):
+        assert chain.balance(delta.account) == delta.balance, (
+            f"after the cut the chain holds {chain.balance(delta.account)} "
+            f"for {delta.account}, its delta says {delta.balance}")
 
 
 def test_a_cut_of_more_than_800_deltas_takes_two_batches() -> None:
@@ -537,21 +542,24 @@ def test_invalid_forced_withdrawals_are_refused(request_id: int, who: str, amoun
 # --- the insurance fund ---------------------------------------------------------------------
 
 
-def test_an_insurance_cover_never_takes_the_fund_below_zero_on_chain() -> None:
+def test_an_unfunded_insurance_cover_is_a_negative_balance_the_chain_refuses() -> None:
     # Alice buys at the top of the band with little more than the margin; the mark then falls
     # to the bottom, and her loss is far over what she has. The insurance fund, never funded,
-    # covers her in the ledger and goes below zero there; a batch that takes its balance on
-    # chain below zero is one the contract refuses ("negative balance").
-    desk = Desk(small_exchange())  # no chain: it would stop at the batch
+    # covers her in the ledger and goes below zero there. The engine does not hide it: the
+    # batch says the fund's balance is negative, which the contract refuses ("negative
+    # balance"), so clearing stops until the fund is topped up (the bridge says why).
+    desk = Desk(small_exchange())
     for who in (BOB, CAROL, DAVE):
         desk.deposit(who, RICH)
     desk.deposit(ALICE, futures_margin(600) + futures_fee(600))
     futures_trade(desk, ALICE, BOB, 600)
     futures_trade(desk, DAVE, CAROL, 400)
     events = desk.cut()
-    assert one(events, InsuranceCover).fund_balance < 0
+    cover = one(events, InsuranceCover)
+    assert cover.fund_balance < 0
     deltas = [d for b in of_type(events, ClearingBatch) for d in b.deltas]
-    assert [d for d in deltas if d.balance < 0] == [], "the chain cannot settle this batch"
+    assert [d for d in deltas if d.balance < 0] == \
+        [BatchDelta(INSURANCE_FUND, cover.fund_balance, cover.fund_balance)]
 
 
 # --- state ----------------------------------------------------------------------------------
