@@ -50,12 +50,23 @@ class EngineView(msgspec.Struct, frozen=True):
 
 
 class Deposit(msgspec.Struct, frozen=True):
-    """One ``Deposited`` log."""
+    """One ``Deposited`` log, and where it is in the chain."""
 
     deposit_id: int
     account: str
     amount: int
     block: int
+    index: int
+
+
+class ForcedRequest(msgspec.Struct, frozen=True):
+    """One ``ForcedWithdrawalRequested`` log, and where it is in the chain."""
+
+    request_id: int
+    account: str
+    amount: int
+    block: int
+    index: int
 
 
 class ChainBridge:
@@ -72,7 +83,7 @@ class ChainBridge:
         self.confirmations = confirmations
         self.house: Contract = chain.contract("ClearingHouse", deployment.clearing_house)
         self.deposits: dict[int, Deposit] = {}
-        self.forced: dict[int, tuple[str, int]] = {}
+        self.forced: dict[int, ForcedRequest] = {}
         self.paid_withdrawals: dict[int, int] = {}
         """Block in which each withdrawal id was paid."""
         self._scanned = deployment.block - 1  # logs read up to this block
@@ -102,8 +113,9 @@ class ChainBridge:
         try:
             head = self.chain.w3.eth.block_number
             self._scan(head)
-            self._credits(view, head - self.confirmations, commands)
-            self._forced_withdrawals(view, commands)
+            safe = head - self.confirmations
+            self._credits(view, safe, commands)
+            self._forced_withdrawals(view, safe, commands)
             self._clear(view, commands)
         except Exception as exc:
             if not commands:
@@ -121,12 +133,15 @@ class ChainBridge:
                 deposit_id = int(args["depositId"])
                 self.deposits[deposit_id] = Deposit(deposit_id, str(args["account"]).lower(),
                                                     int(args["amount"]),
-                                                    int(entry["blockNumber"]))
+                                                    int(entry["blockNumber"]),
+                                                    int(entry["logIndex"]))
             for entry in events.ForcedWithdrawalRequested().get_logs(from_block=start,
                                                                      to_block=end):
                 args = entry["args"]
-                self.forced[int(args["requestId"])] = (str(args["account"]).lower(),
-                                                       int(args["amount"]))
+                request_id = int(args["requestId"])
+                self.forced[request_id] = ForcedRequest(
+                    request_id, str(args["account"]).lower(), int(args["amount"]),
+                    int(entry["blockNumber"]), int(entry["logIndex"]))
             for entry in events.Withdrawn().get_logs(from_block=start, to_block=end):
                 self.paid_withdrawals[int(entry["args"]["withdrawalId"])] = \
                     int(entry["blockNumber"])
@@ -150,12 +165,23 @@ class ChainBridge:
             self._credit_sent = next_id
             next_id += 1
 
-    def _forced_withdrawals(self, view: EngineView, commands: list[ExchangeCommand]) -> None:
+    def _forced_withdrawals(self, view: EngineView, safe_block: int,
+                            commands: list[ExchangeCommand]) -> None:
+        """Requests as deep as deposits must be, each after every deposit before it on the
+        chain has been credited (else it would find that money missing and pay less)."""
+        credited = max(view.credited_deposit_id, self._credit_sent)
+        uncredited = [(d.block, d.index) for i, d in self.deposits.items() if i > credited]
+        first_uncredited = min(uncredited, default=None)
         for request_id in sorted(self.forced):
-            if request_id not in view.forced_seen and request_id not in self._forced_sent:
-                account, amount = self.forced[request_id]
-                commands.append(ForceWithdrawal(request_id, account, amount))
-                self._forced_sent.add(request_id)
+            request = self.forced[request_id]
+            if request_id in view.forced_seen or request_id in self._forced_sent:
+                continue
+            if request.block > safe_block or (
+                    first_uncredited is not None and
+                    first_uncredited < (request.block, request.index)):
+                return  # in chain order: later requests wait too
+            commands.append(ForceWithdrawal(request_id, request.account, request.amount))
+            self._forced_sent.add(request_id)
 
     # --- clearing ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_tester.exceptions import TransactionFailed
 from eth_typing import ChecksumAddress
 from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
@@ -82,7 +83,7 @@ class Chain:
             gas = call.estimate_gas(params)
             limit = int(self.w3.eth.get_block("latest")["gasLimit"])
             tx = call.build_transaction({**params, "gas": min(gas + gas // 5 + 30_000, limit)})
-        except ContractLogicError as exc:
+        except (ContractLogicError, TransactionFailed) as exc:  # from a node / from py-evm
             raise RevertedError(what, _reason(exc)) from exc
         return self._send(sender, tx, what)
 
@@ -173,8 +174,8 @@ class Chain:
             raise ChainError(f"cannot fund {address} on a {self.kind} chain")
 
 
-def _reason(exc: ContractLogicError) -> str:
-    message = str(exc.message or exc)
+def _reason(exc: ContractLogicError | TransactionFailed) -> str:
+    message = str(exc.message or exc) if isinstance(exc, ContractLogicError) else str(exc)
     return message.removeprefix("execution reverted: ").removeprefix("execution reverted")
 
 

@@ -27,6 +27,9 @@ def register(commands: Any) -> None:
     _server_options(parser)
     parser.add_argument("--key", required=True, metavar="KEY_OR_FILE",
                         help="the depositing account's private key (hex, or a file)")
+    parser.add_argument("--for", dest="beneficiary", metavar="ADDRESS", default=None,
+                        help="credit this account instead of the key's own (e.g. the "
+                        "insurance fund)")
     parser.add_argument("amount", help="USDC, e.g. 1000 or 12.5")
     parser.set_defaults(handler=_deposit)
 
@@ -81,7 +84,8 @@ def _deposit(args: argparse.Namespace) -> int:
 
     try:
         amount = micro_usdc(args.amount)
-        receipts = deposit(f"ws://{args.host}:{args.port}/chain", read_key(args.key), amount)
+        receipts = deposit(f"ws://{args.host}:{args.port}/chain", read_key(args.key), amount,
+                           args.beneficiary)
     except (ValueError, ChainError) as exc:
         print(f"cmx deposit: {exc}", file=sys.stderr)
         return 1

@@ -45,6 +45,7 @@ from chain_bridge.wallet import WalletDesk
 from engine.commands import ClearingCut, ExchangeCommand
 from engine.exchange import Exchange
 from engine.keys import dev_keys, read_key
+from engine.ledger import INSURANCE_FUND
 
 log = logging.getLogger("cmx.chain")
 
@@ -54,6 +55,9 @@ POLL_MS = 200
 DEV_ETHER = 100 * ETHER
 DEV_TOKENS = 10_000_000 * 10**6
 """Test USDC minted to each development account on a development chain."""
+INSURANCE_FUNDING = 1_000_000 * 10**6
+"""What the operator deposits for an empty insurance fund on a development chain (the chain
+holds no debts: a cover the fund cannot pay halts clearing)."""
 DEMO_DEPOSIT = 1_000_000 * 10**6
 """What ``--demo`` deposits for each development account (the demo market's funding)."""
 
@@ -185,10 +189,19 @@ class ChainService:
 
     def _fund_dev_accounts(self, chain: Chain, found: Deployment, operator: LocalAccount, *,
                            deposit: bool) -> None:
-        """Ether and test USDC for the development accounts; with ``deposit``, each
-        deposits the demo's funding once."""
+        """The insurance fund when it is empty (the operator deposits for it), ether and test
+        USDC for the development accounts; with ``deposit``, each deposits the demo's funding
+        once."""
         token = chain.contract("CollateralToken", found.token)
         house = chain.contract("ClearingHouse", found.clearing_house)
+        fund = Web3.to_checksum_address(INSURANCE_FUND)
+        if house.functions.balanceOf(fund).call() == 0:
+            chain.transact(operator, token.functions.mint(operator.address, INSURANCE_FUNDING),
+                           "minting test USDC")
+            chain.transact(operator, token.functions.approve(house.address, INSURANCE_FUNDING),
+                           "approving the ClearingHouse")
+            chain.transact(operator, house.functions.depositFor(fund, INSURANCE_FUNDING),
+                           "funding the insurance fund")
         for address, key in dev_keys():
             account = Web3.to_checksum_address(address)
             chain.fund(account, DEV_ETHER)

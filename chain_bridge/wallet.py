@@ -113,9 +113,13 @@ class WalletClient:
         return reply
 
 
-def deposit(url: str, key: str, amount: int) -> list[dict[str, Any]]:
-    """Approve (if needed) and deposit ``amount`` micro-USDC from ``key``'s account; the
-    receipts. Signed here; the server only relays."""
+def deposit(url: str, key: str, amount: int, beneficiary: str | None = None,
+            ) -> list[dict[str, Any]]:
+    """Approve (if needed) and deposit ``amount`` micro-USDC from ``key``'s account, to its
+    own settled balance or to ``beneficiary``'s (``depositFor``); the receipts. Signed here;
+    the server only relays."""
+    if beneficiary is not None and not Web3.is_address(beneficiary):
+        raise ValueError(f"not an address: {beneficiary}")
     if amount <= 0:
         raise ValueError("the amount must be positive")
     client = WalletClient(url)
@@ -133,7 +137,9 @@ def deposit(url: str, key: str, amount: int) -> list[dict[str, Any]]:
     if state["allowance"] < amount:
         calls.append((info["token"], token.encode_abi("approve", [house_address, amount]),
                       APPROVE_GAS))
-    calls.append((info["clearing_house"], house.encode_abi("deposit", [amount]), DEPOSIT_GAS))
+    call = house.encode_abi("deposit", [amount]) if beneficiary is None else \
+        house.encode_abi("depositFor", [Web3.to_checksum_address(beneficiary), amount])
+    calls.append((info["clearing_house"], call, DEPOSIT_GAS))
     receipts = []
     nonce = state["nonce"]
     tip = 1_000_000_000

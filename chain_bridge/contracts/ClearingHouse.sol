@@ -91,11 +91,22 @@ contract ClearingHouse {
     /// @notice Pulls `amount` tokens from the caller (approve first) and credits its settled
     ///         balance; the engine learns of it from the `Deposited` event.
     function deposit(uint256 amount) external notFrozen {
+        _deposit(msg.sender, amount);
+    }
+
+    /// @notice Pulls `amount` tokens from the caller and credits `account`'s settled balance:
+    ///         how the operator funds accounts no one holds a key to (the insurance fund).
+    function depositFor(address account, uint256 amount) external notFrozen {
+        require(account != address(0), "zero address");
+        _deposit(account, amount);
+    }
+
+    function _deposit(address account, uint256 amount) private {
         require(amount > 0, "zero amount");
         _callToken(abi.encodeCall(IERC20Transfers.transferFrom, (msg.sender, address(this), amount)));
-        balanceOf[msg.sender] += amount;
+        balanceOf[account] += amount;
         uint64 depositId = ++lastDepositId;
-        emit Deposited(msg.sender, amount, depositId);
+        emit Deposited(account, amount, depositId);
     }
 
     /// @notice Settles one chunk of a clearing batch: applies the deltas, then pays the

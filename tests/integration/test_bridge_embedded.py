@@ -35,6 +35,7 @@ from engine.events import (
     CommandRejected,
     ExchangeEvent,
     ForcedWithdrawal,
+    InsuranceCover,
     OrderCancelled,
     Reason,
     Trade,
@@ -585,6 +586,28 @@ def test_a_batch_the_chain_refuses_halts_clearing(world: World) -> None:
     assert tampered.bridge.batches_sent == 0
     assert last_batch_id(tampered) == 0
     assert tampered.settled(addr(A)) == 1000 * USDC == tampered.vault_tokens()
+
+
+def test_a_cover_the_insurance_fund_cannot_pay_halts_clearing_with_the_reason(
+        world: World) -> None:
+    # Alice buys at the top of the band with little more than the margin; a trade at the
+    # bottom moves the mark and her loss is far over what she has. The fund, never funded on
+    # this chain, covers her in the ledger and goes below zero: the chain holds no debts.
+    cd = Bench(world)
+    cd.deposit(A, 450 * USDC)
+    for who in (B, C, D):
+        cd.deposit(who, 10_000 * USDC)
+    cd.poll()
+    cd.desk.rest(addr(B), GPU_FUT, SELL, 1, 600)
+    cd.desk.place(addr(A), GPU_FUT, BUY, 1, 600)
+    cd.desk.rest(addr(D), GPU_FUT, BUY, 1, 400)
+    cd.desk.place(addr(C), GPU_FUT, SELL, 1, 400)
+    assert of_type(cd.cut(), InsuranceCover)
+    cd.poll()
+    halted = cd.bridge.halted
+    assert halted is not None and INSURANCE_FUND in halted and "holds no debts" in halted
+    assert cd.bridge.batches_sent == 0 and last_batch_id(cd) == 0
+    assert cd.bridge.status()["reconciled"] is False
 
 
 # --- forced withdrawals and the escape hatch -----------------------------------------------------

@@ -65,15 +65,16 @@ def test_the_demo_clears_batches_to_the_embedded_chain(tmp_path: Path,
     first = chain_status(serve.port)
     assert first["chain"] == "embedded"
     assert first["clearing_house"].startswith("0x") and len(first["clearing_house"]) == 42
-    wait_for("ten demo deposits credited and batched",
-             lambda: chain_status(serve.port)["last_credited_deposit_id"] == 10)
+    # deposit 1 funds the insurance fund, 2-11 the ten demo accounts
+    wait_for("eleven deposits credited and batched",
+             lambda: chain_status(serve.port)["last_credited_deposit_id"] == 11)
     wait_for("two more batches",
              lambda: chain_status(serve.port)["last_batch_id"] >= first["last_batch_id"] + 2)
     later = chain_status(serve.port)
     assert later["last_batch_id"] > first["last_batch_id"]
     assert later["reconciled"] is True and later["halted"] is None
     assert later["accounts_checked"] > 0
-    assert later["last_deposit_id"] == 10
+    assert later["last_deposit_id"] == 11
     text = cmx("chain", "status", "--port", str(serve.port))
     assert text.returncode == 0 and "reconciled       yes" in text.stdout
     assert serve.stop() == 0
@@ -110,7 +111,7 @@ def test_deposit_and_withdraw_from_the_command_line(tmp_path: Path,
 
     too_much = cmx("withdraw", "--port", str(serve.port), "--key", str(key_file), "2000")
     wait_for("the deposit credited", lambda: chain_status(serve.port)
-             ["last_credited_deposit_id"] >= 1)
+             ["last_credited_deposit_id"] >= 2)  # after the insurance fund's
     assert too_much.returncode != 0 and "insufficient_funds" in too_much.stderr
     out = cmx("withdraw", "--port", str(serve.port), "--key", str(key_file), "--wait", "500")
     assert out.returncode == 0, out.stderr
@@ -131,7 +132,7 @@ def test_serve_spawns_anvil_and_clears_to_it(tmp_path: Path,
     wait_for("demo deposits and batches on Anvil",
              lambda: chain_status(serve.port)["last_batch_id"] >= first["last_batch_id"] + 2)
     status = chain_status(serve.port)
-    assert status["last_deposit_id"] == 10 and status["reconciled"] is True
+    assert status["last_deposit_id"] == 11 and status["reconciled"] is True
     assert serve.stop() == 0
     anvils = subprocess.run(["pgrep", "-f", f"anvil.*{tmp_path}"], capture_output=True,
                             check=False)

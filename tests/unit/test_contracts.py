@@ -206,6 +206,24 @@ def test_deposit_ids_strictly_increase_with_events(chain: Chain) -> None:
         chain.deposit(a, 0)
 
 
+ZERO_ADDRESS = "0x" + "00" * 20
+
+
+def test_deposit_for_credits_another_account(chain: Chain) -> None:
+    # how the operator funds the insurance fund, an address no one holds a key to
+    payer, fund = chain.users[0], Web3.to_checksum_address("0x" + "00" * 19 + "f1")
+    before = chain.token_balance(payer)
+    receipt = chain.transact(chain.house.functions.depositFor(fund, 500), payer)
+    assert events(chain.house, "Deposited", receipt) == [
+        {"account": fund, "amount": 500, "depositId": 1}]
+    assert chain.balance(fund) == 500 and chain.balance(payer) == 0
+    assert chain.token_balance(payer) == before - 500
+    with reverts("zero address"):
+        chain.transact(chain.house.functions.depositFor(ZERO_ADDRESS, 1), payer)
+    with reverts("zero amount"):
+        chain.transact(chain.house.functions.depositFor(fund, 0), payer)
+
+
 # --- settlement checks --------------------------------------------------------------------
 
 
