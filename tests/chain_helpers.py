@@ -9,10 +9,14 @@ engine, as a restarted process would.
 
 from __future__ import annotations
 
+from typing import Any
+
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from web3 import Web3
+from web3 import EthereumTesterProvider, Web3
 from web3.contract import Contract
+from web3.contract.contract import ContractFunction
+from web3.types import TxReceipt, Wei
 
 from chain_bridge.bridge import ChainBridge, EngineView
 from chain_bridge.chain import ETHER, Chain
@@ -29,6 +33,32 @@ def user(n: int) -> LocalAccount:
     """A user with a fixed key (``n`` > 0)."""
     account: LocalAccount = Account.from_key((0xC0FFEE00 + n).to_bytes(32, "big"))
     return account
+
+
+USER_GAS = 300_000
+
+
+def evm(chain: Chain) -> Any:
+    """The eth-tester behind the embedded chain (untyped)."""
+    provider = chain.w3.provider
+    assert isinstance(provider, EthereumTesterProvider)
+    return provider.ethereum_tester
+
+
+def send(chain: Chain, who: LocalAccount, call: ContractFunction) -> TxReceipt:
+    """A user's transaction, signed with its key, with a fixed gas limit (py-evm's gas
+    estimate is slow); it must succeed."""
+    eth = chain.w3.eth
+    tx = call.build_transaction({
+        "from": who.address, "chainId": chain.chain_id, "gas": USER_GAS,
+        "nonce": eth.get_transaction_count(who.address, "pending"),
+        "maxPriorityFeePerGas": Wei(10**9),
+        "maxFeePerGas": Wei(2 * int(eth.get_block("latest").get("baseFeePerGas", 0)) + 10**9),
+    })
+    raw = bytes(who.sign_transaction(tx).raw_transaction)  # type: ignore[arg-type]
+    receipt = eth.wait_for_transaction_receipt(chain.send_raw(raw), poll_latency=0.01)
+    assert receipt["status"] == 1, f"{call.fn_name} by {who.address} failed"
+    return receipt
 
 
 class ChainDesk:

@@ -19,10 +19,9 @@ import msgspec
 import pytest
 from eth_account.signers.local import LocalAccount
 from eth_tester.exceptions import TransactionFailed
-from web3 import EthereumTesterProvider, Web3
-from web3.contract.contract import ContractFunction
+from web3 import Web3
 from web3.exceptions import ContractLogicError
-from web3.types import TxReceipt, Wei
+from web3.types import TxReceipt
 
 import engine.clearing
 from chain_bridge.batches import fill_leaf, fill_proof, fills_root, settle_arguments
@@ -41,13 +40,12 @@ from engine.events import (
     Trade,
 )
 from engine.ledger import FEE_ACCOUNT, INSURANCE_FUND, is_address
-from tests.chain_helpers import USDC, ChainDesk, user
+from tests.chain_helpers import USDC, ChainDesk, evm, send, user
 from tests.exchange_helpers import BUY, GPU_FUT, SELL, instrument, of_type
 
 FUT_PRICE = instrument(GPU_FUT).reference_price_ticks
 DELAY_S = 3600  # forced withdrawal delay
 WALLET = 1_000_000 * USDC  # test USDC each user holds at the start
-USER_GAS = 300_000
 
 A, B, C, D = user(1), user(2), user(3), user(4)
 USERS = (A, B, C, D)
@@ -56,27 +54,6 @@ USERS = (A, B, C, D)
 # --- the chain ---------------------------------------------------------------------------------
 
 
-def evm(chain: Chain) -> Any:
-    """The eth-tester behind the embedded chain (untyped)."""
-    provider = chain.w3.provider
-    assert isinstance(provider, EthereumTesterProvider)
-    return provider.ethereum_tester
-
-
-def send(chain: Chain, who: LocalAccount, call: ContractFunction) -> TxReceipt:
-    """A user's transaction, signed with its key, with a fixed gas limit (py-evm's gas
-    estimate is slow); it must succeed."""
-    eth = chain.w3.eth
-    tx = call.build_transaction({
-        "from": who.address, "chainId": chain.chain_id, "gas": USER_GAS,
-        "nonce": eth.get_transaction_count(who.address, "pending"),
-        "maxPriorityFeePerGas": Wei(10**9),
-        "maxFeePerGas": Wei(2 * int(eth.get_block("latest").get("baseFeePerGas", 0)) + 10**9),
-    })
-    raw = bytes(who.sign_transaction(tx).raw_transaction)  # type: ignore[arg-type]
-    receipt = eth.wait_for_transaction_receipt(chain.send_raw(raw), poll_latency=0.01)
-    assert receipt["status"] == 1, f"{call.fn_name} by {who.address} failed"
-    return receipt
 
 
 @contextmanager

@@ -27,9 +27,7 @@ import msgspec
 from eth_account.signers.local import LocalAccount
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from web3 import EthereumTesterProvider, Web3
-from web3.contract.contract import ContractFunction
-from web3.types import TxReceipt, Wei
+from web3 import Web3
 
 from chain_bridge.chain import ETHER, Chain, embedded
 from chain_bridge.deployment import Deployment, deploy
@@ -44,7 +42,7 @@ from engine.commands import (
 )
 from engine.exchange import Exchange
 from engine.ledger import FEE_ACCOUNT, INSURANCE_FUND, is_address
-from tests.chain_helpers import USDC, ChainDesk, user
+from tests.chain_helpers import USDC, ChainDesk, evm, send, user
 from tests.exchange_helpers import (
     ALICE,
     BOB,
@@ -70,7 +68,6 @@ from tests.property.exchange_strategies import (
 )
 
 WALLET = 10**9 * USDC  # test USDC each user holds at the start
-USER_GAS = 300_000
 TRADERS = tuple(user(n) for n in range(1, len(ACCOUNTS) + 1))
 ADDRESS = {name: who.address.lower() for name, who in zip(ACCOUNTS, TRADERS, strict=True)}
 """The strategies' trading accounts, as the users with keys that stand in for them."""
@@ -80,26 +77,6 @@ KEYS = {who.address.lower(): who for who in TRADERS}
 # --- the chain -------------------------------------------------------------------------------
 
 
-def evm(chain: Chain) -> Any:
-    """The eth-tester behind the embedded chain (untyped)."""
-    provider = chain.w3.provider
-    assert isinstance(provider, EthereumTesterProvider)
-    return provider.ethereum_tester
-
-
-def send(chain: Chain, who: LocalAccount, call: ContractFunction) -> TxReceipt:
-    """A user's transaction with a fixed gas limit (py-evm's gas estimate is slow)."""
-    eth = chain.w3.eth
-    tx = call.build_transaction({
-        "from": who.address, "chainId": chain.chain_id, "gas": USER_GAS,
-        "nonce": eth.get_transaction_count(who.address, "pending"),
-        "maxPriorityFeePerGas": Wei(10**9),
-        "maxFeePerGas": Wei(2 * int(eth.get_block("latest").get("baseFeePerGas", 0)) + 10**9),
-    })
-    raw = bytes(who.sign_transaction(tx).raw_transaction)  # type: ignore[arg-type]
-    receipt = eth.wait_for_transaction_receipt(chain.send_raw(raw), poll_latency=0.01)
-    assert receipt["status"] == 1, f"{call.fn_name} by {who.address} failed"
-    return receipt
 
 
 INSURANCE = 1_000_000 * USDC
