@@ -1,15 +1,18 @@
 """``cmx deposit`` and ``cmx chain status``: against a running `cmx serve`, found with
-``--host``/``--port``, whichever chain it uses. (web3 is imported only by ``deposit``: every
-`cmx` command builds this parser.)"""
+``--host``/``--port``, whichever chain it uses; and ``cmx node-agent``. (web3 is imported
+only by ``deposit``, the agent's modules only by the agent: every `cmx` command builds this
+parser.)"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import urllib.error
 import urllib.request
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 from engine.keys import read_key
@@ -18,7 +21,7 @@ MICRO = 10**6
 
 
 def register(commands: Any) -> None:
-    """Add ``deposit`` and ``chain`` to the `cmx` subparsers."""
+    """Add ``deposit``, ``chain`` and ``node-agent`` to the `cmx` subparsers."""
     parser: argparse.ArgumentParser = commands.add_parser(
         "deposit", help="deposit collateral into the ClearingHouse",
         description="Approves and deposits AMOUNT USDC from the key's account into the "
@@ -42,6 +45,42 @@ def register(commands: Any) -> None:
     _server_options(status)
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=_status)
+    _register_node_agent(commands)
+
+
+def _register_node_agent(commands: Any) -> None:
+    agent: argparse.ArgumentParser = commands.add_parser(
+        "node-agent", help="attest a node's uptime, epoch by epoch (runs on the node)",
+        description="Follows the exchange's epochs on its websocket API, solves each epoch's "
+        "proof of work, signs it with the node key and submits it; reconnects with backoff "
+        "and logs each solve. 'cmx node-agent keygen FILE' makes the key.")
+    agent.add_argument("--key-file", type=Path, metavar="FILE", help="the node key")
+    agent.add_argument("--url", help="the exchange's websocket API, e.g. ws://HOST:8765/")
+    agent.add_argument("--log-level", default="INFO")
+    sub = agent.add_subparsers(dest="agent_command", metavar="COMMAND")
+    keygen = sub.add_parser("keygen", help="create a node key file (mode 0600)",
+                            description="Writes a fresh secp256k1 key to FILE (never over an "
+                            "existing file) and prints the node's address, to register.")
+    keygen.add_argument("file", type=Path, metavar="FILE")
+    agent.set_defaults(handler=_node_agent)
+
+
+def _node_agent(args: argparse.Namespace) -> int:
+    from chain_bridge import node_agent  # noqa: PLC0415 (websockets, coincurve: only here)
+
+    if args.agent_command == "keygen":
+        try:
+            print(node_agent.keygen(args.file))
+        except FileExistsError:
+            print(f"cmx node-agent keygen: {args.file} exists; not overwritten", file=sys.stderr)
+            return 1
+        return 0
+    if args.key_file is None or args.url is None:
+        print("cmx node-agent: --key-file and --url are required", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return node_agent.main(args.key_file, args.url)
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
