@@ -31,10 +31,7 @@ while an epoch's set of attested nodes is final soon after it ends.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from concurrent.futures import Executor
 from enum import StrEnum
-from typing import NamedTuple
 
 import msgspec
 
@@ -43,8 +40,6 @@ from chain_bridge.attestation import Attestation, address_of_public, digest, rec
 NS = 1_000_000_000
 DEFAULT_BURST = 4
 """Attestations a node may have checked per epoch (at once, or spread): one is needed."""
-RECOVERY_CHUNK = 128
-"""Signature recoveries per task given to `Collector.submit_many`'s executor."""
 
 
 class Reason(StrEnum):
@@ -94,26 +89,6 @@ class Epoch(msgspec.Struct, frozen=True):
     beacon: str
     start_ns: int
     deadline_ns: int
-
-
-class _Checked(NamedTuple):
-    """An attestation that passed every check but its signature's."""
-
-    att: Attestation
-    found: bytes
-    hex_digest: str
-
-
-def _recovered(found: bytes, signature: str) -> bytes | str:
-    """The public key ``signature`` recovers over ``found``, or why there is none."""
-    try:
-        return recover_public(found, bytes.fromhex(signature[2:]))
-    except ValueError as exc:
-        return str(exc)
-
-
-def _recover_all(work: Sequence[tuple[bytes, str]]) -> list[bytes | str]:
-    return [_recovered(found, signature) for found, signature in work]
 
 
 class _Bucket:
@@ -190,46 +165,6 @@ class Collector:
 
     def submit(self, att: Attestation, now_ns: int) -> Verdict:
         """Checks ``att``, arrived at ``now_ns``; if accepted, the node-epoch is recorded."""
-        checked = self._check_all_but_signature(att, now_ns)
-        if isinstance(checked, Verdict):
-            return checked
-        return self._conclude(checked, _recovered(checked.found, att.signature))
-
-    def submit_many(self, atts: Sequence[Attestation], now_ns: int,
-                    executor: Executor | None = None) -> list[Verdict]:
-        """The verdicts `submit` would give ``atts`` one after the other, with the batch's
-        signature recoveries run on ``executor`` if given (libsecp256k1 runs without the
-        GIL, so a thread pool uses every core). A node's second attestation in the batch
-        waits for its first to be decided, so the verdicts are exactly the sequential ones."""
-        verdicts: list[Verdict | None] = [None] * len(atts)
-        pending: list[tuple[int, _Checked]] = []
-        deferred: list[int] = []
-        busy: set[str] = set()
-        for i, att in enumerate(atts):
-            if att.node in busy:
-                deferred.append(i)
-                continue
-            checked = self._check_all_but_signature(att, now_ns)
-            if isinstance(checked, Verdict):
-                verdicts[i] = checked
-            else:
-                pending.append((i, checked))
-                busy.add(att.node)
-        work = [(checked.found, checked.att.signature) for _, checked in pending]
-        if executor is None:
-            results = _recover_all(work)
-        else:
-            chunks = [work[i:i + RECOVERY_CHUNK] for i in range(0, len(work), RECOVERY_CHUNK)]
-            results = [r for chunk in executor.map(_recover_all, chunks) for r in chunk]
-        for (i, checked), result in zip(pending, results, strict=True):
-            verdicts[i] = self._conclude(checked, result)
-        for i in deferred:
-            verdicts[i] = self.submit(atts[i], now_ns)
-        return [verdict for verdict in verdicts if verdict is not None]
-
-    def _check_all_but_signature(self, att: Attestation, now_ns: int) -> Verdict | _Checked:
-        """A rejection, or the attestation with its digest once everything but its
-        signature has passed (its node's token then taken)."""
         if not att.well_formed():
             return Verdict(att, Reason.MALFORMED, "a field is not in its wire form")
         node = self.nodes.get(att.node)
@@ -249,7 +184,8 @@ class Collector:
                            f"{att.node} was deregistered before epoch {epoch} started")
         if att.beacon != info.beacon:
             return Verdict(att, Reason.WRONG_BEACON, f"epoch {epoch}'s beacon is {info.beacon}")
-        if att.node in self._attested[epoch]:
+        attested = self._attested[epoch]
+        if att.node in attested:
             return Verdict(att, Reason.DUPLICATE, f"{att.node} already attested epoch {epoch}")
         found = digest(self.chain_id, self.registry, att.node, epoch,
                        bytes.fromhex(att.beacon[2:]), att.nonce)
@@ -260,22 +196,18 @@ class Collector:
         if not self._take_token(att.node, now_ns):
             return Verdict(att, Reason.RATE_LIMITED, f"more than {self.burst} attestations "
                            "of this node to check in one epoch", hex_digest)
-        return _Checked(att, found, hex_digest)
-
-    def _conclude(self, checked: _Checked, recovered: bytes | str) -> Verdict:
-        """The verdict on a checked attestation given the public key its signature recovers
-        (or why it recovers none)."""
-        att = checked.att
-        if isinstance(recovered, str):
-            return Verdict(att, Reason.BAD_SIGNATURE, recovered, checked.hex_digest)
-        if recovered != self._publics.get(att.node):
-            signer = address_of_public(recovered)
+        try:
+            public = recover_public(found, bytes.fromhex(att.signature[2:]))
+        except ValueError as exc:
+            return Verdict(att, Reason.BAD_SIGNATURE, str(exc), hex_digest)
+        if public != self._publics.get(att.node):
+            signer = address_of_public(public)
             if signer != att.node:
                 return Verdict(att, Reason.BAD_SIGNATURE, f"signed by {signer}, not the node",
-                               checked.hex_digest)
-            self._publics[att.node] = recovered
-        self._attested[att.epoch].add(att.node)
-        return Verdict(att, None, "", checked.hex_digest)
+                               hex_digest)
+            self._publics[att.node] = public
+        attested.add(att.node)
+        return Verdict(att, None, "", hex_digest)
 
     def _take_token(self, node: str, now_ns: int) -> bool:
         token = self.epoch_ns

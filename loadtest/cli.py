@@ -69,6 +69,23 @@ def register(commands: Any) -> None:
                      help="accounts in the engine's batch (default 1,000)")
     gas.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
     gas.set_defaults(handler=_bench_gas)
+    attest = kinds.add_parser(
+        "attest",
+        help="uptime attestations: verified/s by the collector, and solve times",
+        description="Verifies --count pre-solved attestations of up to 1,000 nodes through "
+        "the collector (digest and signature recovery included), three times, then times "
+        "--solves solves at --difficulty (the agent's hash rate, beside eth_hash's). "
+        "Compares with "
+        "BENCHMARKS.md. Exits 1 unless every attestation is accepted and every replay and "
+        "forgery refused.",
+    )
+    attest.add_argument("--count", type=int, default=20_000,
+                        help="attestations to verify (default 20,000)")
+    attest.add_argument("--difficulty", type=int, default=None,
+                        help="difficulty of the timed solves (default: the agent's default)")
+    attest.add_argument("--solves", type=int, default=20, help="solves to time (default 20)")
+    attest.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
+    attest.set_defaults(handler=_bench_attest)
     _register_loadtest(commands)
 
 
@@ -205,3 +222,9 @@ def _bench_gas(args: argparse.Namespace) -> int:
     from loadtest.bench_gas import main_gas  # noqa: PLC0415 (web3 loads only for it)
 
     return main_gas(args.accounts, args.json)
+
+
+def _bench_attest(args: argparse.Namespace) -> int:
+    from loadtest.bench_attest import main_attest  # noqa: PLC0415 (coincurve: only here)
+
+    return main_attest(args.count, args.difficulty, args.solves, args.json)

@@ -3,8 +3,6 @@ and wrong-key attestations among them."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import msgspec
 import pytest
 from eth_hash.auto import keccak
@@ -254,27 +252,3 @@ def test_every_reason_has_a_test() -> None:
     }
     assert tested == set(Reason)
     assert all(code.value == code.name.lower() for code in Reason)
-
-
-@pytest.mark.parametrize("threads", [0, 2])
-def test_a_batch_gets_the_sequential_verdicts(threads: int) -> None:
-    """A mixed batch, with several attestations of one node, through `submit_many` and
-    through `submit` one by one."""
-    first, second = ([att_of(key, epoch) for key in KEYS] for epoch in (1, 2))
-    forged = msgspec.structs.replace(second[0], signature=second[1].signature)
-    # node 0 has 3 tokens: two forgeries, its first epoch, then none for its second
-    batch = [missing_the_target(KEYS[3], 2), forged, forged, *first, forged, *second,
-             att_of(STRANGER, 2), first[0]]
-
-    sequential, batched = make_collector(burst=3), make_collector(burst=3)
-    for c in (sequential, batched):
-        open_epochs(c, 1, 2)
-    expected = [sequential.submit(att, start(2)) for att in batch]
-    with ThreadPoolExecutor(threads or 1) as pool:
-        got = batched.submit_many(batch, start(2), pool if threads else None)
-    assert got == expected
-    assert {v.reason for v in got} == {None, Reason.BAD_SIGNATURE, Reason.DUPLICATE,
-                                      Reason.RATE_LIMITED, Reason.UNKNOWN_NODE,
-                                      Reason.ABOVE_TARGET}
-    assert batched.attested(1) == sequential.attested(1) == set(NODES)
-    assert batched.attested(2) == sequential.attested(2) == set(NODES[1:])
