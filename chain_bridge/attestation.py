@@ -88,26 +88,30 @@ def target_of(difficulty: int) -> int:
     return MAX_UINT256 // difficulty
 
 
-def digest_prefix(chain_id: int, registry: str, node: str, epoch: int, beacon: bytes) -> bytes:
-    """The packed digest input up to the nonce: everything a solve keeps constant."""
+def digest_head(chain_id: int, registry: str) -> bytes:
+    """The start of every digest input of one registry: domain, chain id, registry."""
+    return DOMAIN + chain_id.to_bytes(32, "big") + address_bytes(registry)
+
+
+def digest_prefix(head: bytes, node: bytes, epoch: int, beacon: bytes) -> bytes:
+    """The digest input up to the nonce, all a solve keeps constant: ``head`` (`digest_head`)
+    ‖ the node's 20 address bytes ‖ epoch ‖ beacon."""
     if len(beacon) != 32:
         raise ValueError(f"a beacon is 32 bytes, got {len(beacon)}")
-    return (
-        DOMAIN
-        + chain_id.to_bytes(32, "big")
-        + _address_bytes(registry)
-        + _address_bytes(node)
-        + epoch.to_bytes(8, "big")
-        + beacon
-    )
+    return head + node + epoch.to_bytes(8, "big") + beacon
+
+
+def digest_at(prefix: bytes, nonce: int) -> bytes:
+    """The digest of `digest_prefix` ``prefix`` with ``nonce``."""
+    return keccak256(prefix + nonce.to_bytes(8, "big"))
 
 
 def digest(chain_id: int, registry: str, node: str, epoch: int, beacon: bytes,
            nonce: int) -> bytes:
     """``UptimeRegistry.attestationDigest`` (the same as `chain_bridge.contracts.
     attestation_digest`, without web3)."""
-    return keccak256(digest_prefix(chain_id, registry, node, epoch, beacon)
-                     + nonce.to_bytes(8, "big"))
+    head = digest_head(chain_id, registry)
+    return digest_at(digest_prefix(head, address_bytes(node), epoch, beacon), nonce)
 
 
 def solve(chain_id: int, registry: str, node: str, epoch: int, beacon: bytes, target: int,
@@ -120,7 +124,8 @@ def solve(chain_id: int, registry: str, node: str, epoch: int, beacon: bytes, ta
         raise ValueError(f"a target is a positive uint256, got {target}")
     # a 32-byte big-endian digest compares as bytes exactly as its number does
     below = target.to_bytes(32, "big")
-    prefix = _State(digest_prefix(chain_id, registry, node, epoch, beacon))
+    head = digest_head(chain_id, registry)
+    prefix = _State(digest_prefix(head, address_bytes(node), epoch, beacon))
     work = _State()
     src, dst, out = prefix.pointer.get(), work.pointer.get(), work.out
     copy, absorb, finish = _lib.keccak_copy, _lib.keccak_absorb, _lib.keccak_digest
@@ -167,18 +172,18 @@ def recover_public(digest: bytes, signature: bytes) -> bytes:
         raise ValueError(f"v must be 27 or 28, got {v}")
     if int.from_bytes(signature[32:64], "big") > HALF_N:
         raise ValueError("s is in the upper half of the curve order")
-    ctx = GLOBAL_CONTEXT.ctx
-    parsed = _ffi.new("secp256k1_ecdsa_recoverable_signature *")
-    if not _secp.secp256k1_ecdsa_recoverable_signature_parse_compact(ctx, parsed,
-                                                                     signature[:64], v - 27):
+    ctx, scratch = GLOBAL_CONTEXT.ctx, _scratch()
+    if not _secp.secp256k1_ecdsa_recoverable_signature_parse_compact(
+            ctx, scratch.signature, signature[:64], v - 27):
         raise ValueError("r or s is not below the curve order")
-    public = _ffi.new("secp256k1_pubkey *")
-    if not _secp.secp256k1_ecdsa_recover(ctx, public, parsed, signed_message(digest)):
+    if not _secp.secp256k1_ecdsa_recover(ctx, scratch.public, scratch.signature,
+                                         signed_message(digest)):
         raise ValueError("the signature recovers no key")
-    serialized = _ffi.new("unsigned char[65]")
-    size = _ffi.new("size_t *", 65)
-    _secp.secp256k1_ec_pubkey_serialize(ctx, serialized, size, public, _UNCOMPRESSED)
-    return bytes(_ffi.buffer(serialized, 65)[1:])
+    scratch.size[0] = 65
+    _secp.secp256k1_ec_pubkey_serialize(ctx, scratch.serialized, scratch.size, scratch.public,
+                                        _UNCOMPRESSED)
+    public: bytes = _ffi.buffer(scratch.serialized, 65)[1:]
+    return public
 
 
 def address_of_public(public: bytes) -> str:
@@ -204,9 +209,7 @@ def attest(key: bytes, chain_id: int, registry: str, epoch: int, beacon: bytes, 
 
 def keccak256(data: bytes) -> bytes:
     """keccak-256 of ``data`` (on this thread's reusable state)."""
-    state: _State | None = getattr(_per_thread, "state", None)
-    if state is None:
-        state = _per_thread.state = _State()
+    state = _scratch().keccak
     pointer = state.pointer.get()
     _lib.keccak_reset(pointer)
     _lib.keccak_absorb(pointer, data, _raw.c_size_t(len(data)))
@@ -215,7 +218,8 @@ def keccak256(data: bytes) -> bytes:
     return hashed
 
 
-def _address_bytes(address: str) -> bytes:
+def address_bytes(address: str) -> bytes:
+    """The 20 bytes of a 0x hex ``address``."""
     raw = bytes.fromhex(address.removeprefix("0x"))
     if len(raw) != 20:
         raise ValueError(f"an address is 20 bytes, got {address!r}")
@@ -260,10 +264,32 @@ class _State:
             _lib.keccak_absorb(self.pointer.get(), absorbed, _raw.c_size_t(len(absorbed)))
 
 
-_per_thread = threading.local()
-
 # coincurve's compiled bindings (a module without stubs: reached through importlib)
 _bindings = importlib.import_module("coincurve._libsecp256k1")
 _ffi: Any = _bindings.ffi
 _secp: Any = _bindings.lib
 _UNCOMPRESSED = _secp.SECP256K1_EC_UNCOMPRESSED
+
+
+class _Scratch:
+    """One thread's reusable C buffers: a keccak state, and libsecp256k1's recovery
+    arguments (allocating them per call costs more than the C calls around them)."""
+
+    __slots__ = ("keccak", "public", "serialized", "signature", "size")
+
+    def __init__(self) -> None:
+        self.keccak = _State()
+        self.signature = _ffi.new("secp256k1_ecdsa_recoverable_signature *")
+        self.public = _ffi.new("secp256k1_pubkey *")
+        self.serialized = _ffi.new("unsigned char[65]")
+        self.size = _ffi.new("size_t *")
+
+
+_per_thread = threading.local()
+
+
+def _scratch() -> _Scratch:
+    scratch: _Scratch | None = getattr(_per_thread, "scratch", None)
+    if scratch is None:
+        scratch = _per_thread.scratch = _Scratch()
+    return scratch

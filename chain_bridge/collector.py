@@ -35,7 +35,14 @@ from enum import StrEnum
 
 import msgspec
 
-from chain_bridge.attestation import Attestation, address_of_public, digest, recover_public
+from chain_bridge.attestation import (
+    Attestation,
+    address_of_public,
+    digest_at,
+    digest_head,
+    digest_prefix,
+    recover_public,
+)
 
 NS = 1_000_000_000
 DEFAULT_BURST = 4
@@ -111,6 +118,7 @@ class Collector:
             raise ValueError("the epoch length and the burst must be positive")
         self.chain_id = chain_id
         self.registry = registry.lower()
+        self._head = digest_head(chain_id, self.registry)
         self.target = target
         self.epoch_ns = epoch_ns
         self.grace_ns = max(NS, epoch_ns // 10) if grace_ns is None else grace_ns
@@ -187,8 +195,8 @@ class Collector:
         attested = self._attested[epoch]
         if att.node in attested:
             return Verdict(att, Reason.DUPLICATE, f"{att.node} already attested epoch {epoch}")
-        found = digest(self.chain_id, self.registry, att.node, epoch,
-                       bytes.fromhex(att.beacon[2:]), att.nonce)
+        found = digest_at(digest_prefix(self._head, bytes.fromhex(att.node[2:]), epoch,
+                                        bytes.fromhex(att.beacon[2:])), att.nonce)
         hex_digest = "0x" + found.hex()
         if int.from_bytes(found, "big") >= self.target:
             return Verdict(att, Reason.ABOVE_TARGET, "the digest is not below the target",

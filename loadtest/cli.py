@@ -73,7 +73,7 @@ def register(commands: Any) -> None:
         "attest",
         help="uptime attestations: verified/s by the collector, and solve times",
         description="Verifies --count pre-solved attestations of up to 1,000 nodes through "
-        "the collector (digest and signature recovery included), three times, then times "
+        "the collector (digest and signature recovery included), five times, then times "
         "--solves solves at --difficulty (the agent's hash rate, beside eth_hash's). "
         "Compares with "
         "BENCHMARKS.md. Exits 1 unless every attestation is accepted and every replay and "

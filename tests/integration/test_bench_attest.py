@@ -29,8 +29,10 @@ def check(figures: dict[str, Any] | AttestBenchResult, count: int, solves: int) 
     last = count - (f["epochs"] - 1) * f["nodes"]
     assert f["replayed_duplicates"] == f["forged_refused"] == last
     assert f["correct"] is True
-    assert len(f["verified_per_s_runs"]) == 3
+    assert len(f["verified_per_s_runs"]) == 5
     assert min(f["verified_per_s_runs"]) <= f["verified_per_s"] <= max(f["verified_per_s_runs"])
+    assert f["recover_per_s"] > 0
+    assert f["collector_share_of_recover"] == f["verified_per_s"] / f["recover_per_s"]
     assert f["meets_verified_per_s"] == (f["verified_per_s"] >= 10_000)
     assert f["solves"] == solves
     assert 0 < f["solve_p50_s"] <= f["solve_p90_s"] <= f["solve_p99_s"] <= f["solve_max_s"]
