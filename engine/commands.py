@@ -8,10 +8,16 @@ number and timestamp, and the exchange sees time only through that stamp.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from engine.instruments import Instrument
 from engine.messages import Int64, OrderType, SelfTradePrevention, Side, TimeInForce
+
+UInt64 = Annotated[int, msgspec.Meta(ge=0)]
+"""A chain ``uint64`` (an attestation nonce). msgspec bounds only int64 ranges, so the
+exchange refuses values of 2**64 and above itself."""
 
 
 class PlaceOrder(msgspec.Struct, frozen=True, tag="place_order"):
@@ -124,6 +130,47 @@ class SettleDelivery(msgspec.Struct, frozen=True, tag="settle_delivery"):
     required: Int64
 
 
+class RegisterNode(msgspec.Struct, frozen=True, tag="register_node"):
+    """A provider registered a node on chain (``UptimeRegistry``'s ``NodeRegistered``): the
+    node's key address, the provider's account, the spot underlying it serves (``GPU.H100``,
+    ``RACK.KW``...) and its size in that underlying's units (GPUs, kW). See `engine.uptime`."""
+
+    node: str
+    provider: str
+    underlying: str
+    units: Int64
+
+
+class DeregisterNode(msgspec.Struct, frozen=True, tag="deregister_node"):
+    """A provider deregistered a node on chain (``NodeDeregistered``): from ``effective_ts``
+    (ns) on the node sells no window ending after it and attests no epoch starting at or
+    after it. A later one may only bring the time forward, as on chain."""
+
+    node: str
+    effective_ts: Int64
+
+
+class OpenEpoch(msgspec.Struct, frozen=True, tag="open_epoch"):
+    """An uptime epoch began: number (increasing), beacon (``0x`` hex of the block hash fixed
+    at its start), start time and length (ns)."""
+
+    epoch: Int64
+    beacon: str
+    start_ts: Int64
+    length_ns: Int64
+
+
+class AttestationAccepted(msgspec.Struct, frozen=True, tag="attestation_accepted"):
+    """The collector verified a node's attestation for ``epoch`` (proof of work below the
+    target, signature by the node's key): the node proved it was up in that epoch.
+    ``digest`` is the attestation digest (``0x`` hex); ``nonce`` the proof of work's."""
+
+    node: str
+    epoch: Int64
+    nonce: UInt64
+    digest: str
+
+
 class ListInstrument(msgspec.Struct, frozen=True, tag="list_instrument"):
     """Admin: open a market for a new instrument (e.g. the next futures month, as
     `engine.registry.Registry.list_month` makes it). The spec travels in the command, so a
@@ -148,6 +195,10 @@ ExchangeCommand = (
     | SetCapacity
     | IndexFix
     | SettleDelivery
+    | RegisterNode
+    | DeregisterNode
+    | OpenEpoch
+    | AttestationAccepted
     | ListInstrument
     | ClearingCut
     | Timer

@@ -2,10 +2,15 @@
 
 A fill of ``qty`` lots creates a `Delivery` for the next whole window after the fill: the
 buyer's premium and the seller's bond wait in escrow. A fraction ``delivered / required`` of
-it counts as delivered (a `SettleDelivery` command says how much; a window nobody settled
-closes fully delivered when a `Timer` passes its end): the seller gets that share of the
-premium less its fee, the buyer the rest back plus the same undelivered share of the
-seller's bond. Nothing here draws on the insurance fund.
+it counts as delivered: the seller gets that share of the premium less its fee, the buyer
+the rest back plus the same undelivered share of the seller's bond. Nothing here draws on the
+insurance fund.
+
+How much counts as delivered depends on the seller. One with registered nodes sells from
+them: the delivery carries its ``allocation`` to those nodes, and the fraction is the node-
+epochs they attested over the required ones (`engine.uptime`). One without keeps the plain
+rule: a `SettleDelivery` command says how much, and a window nobody settled closes fully
+delivered when a `Timer` passes its end.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ class Delivery(msgspec.Struct, array_like=True):
     premium: int  # in the buyer's escrow
     bond: int  # in the seller's escrow
     seller_fee_bp: int
+    allocation: list[tuple[str, int]] | None = None
+    """(node, units) in node address order; lots beyond their sum were left unallocated and
+    count as undelivered. None: a seller without nodes (settled by command or in full)."""
 
 
 class DeliveryPayout(msgspec.Struct, frozen=True):

@@ -43,6 +43,18 @@ class Reason(StrEnum):
     ALREADY_LISTED = "already_listed"
     DUPLICATE_REQUEST = "duplicate_request"
     UNKNOWN_BATCH = "unknown_batch"
+    DELIVERY_ATTESTED = "delivery_attested"  # settled from attestations, not by command
+    # nodes, epochs and attestations (engine.uptime)
+    INVALID_NODE = "invalid_node"
+    UNKNOWN_NODE = "unknown_node"
+    NODE_REGISTERED = "node_registered"
+    NODE_DEREGISTERED = "node_deregistered"
+    NODE_INACTIVE = "node_inactive"
+    INVALID_EPOCH = "invalid_epoch"
+    INVALID_BEACON = "invalid_beacon"
+    UNKNOWN_EPOCH = "unknown_epoch"
+    INVALID_ATTESTATION = "invalid_attestation"
+    DUPLICATE_ATTESTATION = "duplicate_attestation"
     # cancellations (engine.messages.CancelReason) and the exchange's own
     USER = "user"
     IOC_REMAINDER = "ioc_remainder"
@@ -245,6 +257,50 @@ class DeliverySettled(msgspec.Struct, frozen=True, tag="delivery_settled"):
     bond_released: int
 
 
+class DeliveryAllocated(msgspec.Struct, frozen=True, tag="delivery_allocated"):
+    """``units`` of a delivery fall on one of the seller's nodes, whose attestations in the
+    window's epochs count for it (one event per node, after `DeliveryOpened`)."""
+
+    delivery_id: int
+    node: str
+    units: int
+
+
+class NodeRegistered(msgspec.Struct, frozen=True, tag="node_registered"):
+    """A provider's node now counts for its capacity in ``underlying`` once it attests."""
+
+    node: str
+    provider: str
+    underlying: str
+    units: int
+
+
+class NodeDeregistered(msgspec.Struct, frozen=True, tag="node_deregistered"):
+    """A node sells no window ending after ``effective_ts`` and attests no epoch starting at
+    or after it; what was already allocated to it still settles from its attestations."""
+
+    node: str
+    provider: str
+    effective_ts: int
+
+
+class EpochOpened(msgspec.Struct, frozen=True, tag="epoch_opened"):
+    """An uptime epoch began; nodes prove they are up in it against ``beacon``."""
+
+    epoch: int
+    beacon: str
+    start_ts: int
+    length_ns: int
+
+
+class AttestationRecorded(msgspec.Struct, frozen=True, tag="attestation_recorded"):
+    """A node's attestation for ``epoch`` counts (the node-epoch is attested)."""
+
+    node: str
+    epoch: int
+    provider: str
+
+
 class MarkPrice(msgspec.Struct, frozen=True, tag="mark_price"):
     """The mark of a futures instrument at a clearing cut, and where it came from."""
 
@@ -322,6 +378,11 @@ ExchangeEvent = (
     | IndexFixed
     | DeliveryOpened
     | DeliverySettled
+    | DeliveryAllocated
+    | NodeRegistered
+    | NodeDeregistered
+    | EpochOpened
+    | AttestationRecorded
     | MarkPrice
     | VariationMargin
     | Liquidation

@@ -26,6 +26,16 @@ Choices the design left open, written down:
   rests) and settles at the first `Timer` after its delivery month that finds a fix for
   every day of that month, at their mean rounded to its tick; until then it waits (an
   oracle may send a missed day's fix late).
+* Spot sellers with registered nodes sell from attested capacity and deliver from their
+  nodes' attestations (`engine.uptime` has the rules): a fill allocates the delivery to the
+  seller's nodes, and the first `Timer` at least one epoch length (the last epoch's) after
+  the window's end settles it for the node-epochs attested, whatever the command stream
+  says: `SettleDelivery` is refused for it. Sellers without nodes keep `SetCapacity` and the
+  plain rule (`SettleDelivery`, else fully delivered at the window's end), so an exchange
+  runs without attestation as well; once a seller has a node of an underlying, its set
+  capacity there no longer counts. Deregistering a node stops it selling windows that end
+  after its effective time and leaves its open deliveries as they were: the epochs it can
+  no longer attest count as undelivered.
 * New instruments, such as the next futures month, are listed by a `ListInstrument` command
   that carries the whole spec (`Registry.list_month` makes it), so a replay lists the same.
 """
@@ -42,15 +52,19 @@ import msgspec
 from engine.clearing import BatchWithdrawal, Clearing
 from engine.commands import (
     AmendOrder,
+    AttestationAccepted,
     BatchConfirmed,
     CancelAll,
     CancelOrder,
     ClearingCut,
     CreditDeposit,
+    DeregisterNode,
     ForceWithdrawal,
     IndexFix,
     ListInstrument,
+    OpenEpoch,
     PlaceOrder,
+    RegisterNode,
     RequestWithdrawal,
     Sequenced,
     SetCapacity,
@@ -60,15 +74,18 @@ from engine.commands import (
 from engine.cython_book import CythonBook
 from engine.delivery import Delivery, payout, window_start
 from engine.events import (
+    AttestationRecorded,
     BalanceChanged,
     BookUpdate,
     CapacitySet,
     ClearingCompleted,
     ClearingConfirmed,
     CommandRejected,
+    DeliveryAllocated,
     DeliveryOpened,
     DeliverySettled,
     DepositCredited,
+    EpochOpened,
     ExchangeEvent,
     FinalSettlement,
     ForcedWithdrawal,
@@ -78,6 +95,8 @@ from engine.events import (
     InsuranceCover,
     Liquidation,
     MarkPrice,
+    NodeDeregistered,
+    NodeRegistered,
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
@@ -116,6 +135,7 @@ from engine.messages import (
 from engine.messages import Event as BookEvent
 from engine.positions import Position
 from engine.risk import fee, net_exposure
+from engine.uptime import Uptime
 
 _BOOK_REASONS = {reason.value: Reason(reason.name.lower()) for reason in RejectReason}
 
@@ -134,6 +154,7 @@ class Exchange:
         self._instrument_ids = {m.instrument.instrument_id for m in self.markets.values()}
         self.ledger = Ledger()
         self.clearing = Clearing()
+        self.uptime = Uptime()
         self.orders: dict[int, LiveOrder] = {}
         self.account_ids: dict[str, int] = {}
         self.account_names: list[str] = []
@@ -141,7 +162,8 @@ class Exchange:
         self.sold: dict[tuple[str, str, int], int] = {}
         self.open_sells: dict[tuple[str, str], int] = {}
         self.deliveries: dict[int, Delivery] = {}
-        self._delivery_queue: list[tuple[int, int]] = []
+        self._delivery_queue: list[tuple[int, int]] = []  # (window end, id), no nodes
+        self._attested_queue: list[tuple[int, int]] = []  # the same, delivered from nodes
         self.deposits_seen: set[int] = set()
         self.withdrawals_seen: set[int] = set()
         self.fixes: dict[tuple[str, int], int] = {}
@@ -276,9 +298,12 @@ class Exchange:
     def _over_capacity(self, account: str, market: Market, qty: int) -> bool:
         underlying = market.instrument.underlying
         window = window_start(self._ts, market.window_ns)
-        committed = self.open_sells.get((account, market.symbol), 0) + \
-            self.sold.get((account, underlying, window), 0)
-        return committed + qty > self.capacity.get((account, underlying), 0)
+        committed = self.open_sells.get((account, market.symbol), 0)
+        free = self.uptime.free_units(account, underlying, window, window + market.window_ns)
+        if free is None:  # no nodes: the capacity set, less what the window has sold
+            committed += self.sold.get((account, underlying, window), 0)
+            free = self.capacity.get((account, underlying), 0)
+        return committed + qty > free
 
     def free_collateral(self, account: str) -> int:
         """What the account may commit now: available, less futures losses not yet settled.
@@ -517,10 +542,16 @@ class Exchange:
                             bond, seller_fee_bp)
         self.next_delivery_id += 1
         self.deliveries[delivery.delivery_id] = delivery
-        heapq.heappush(self._delivery_queue, (delivery.window_end, delivery.delivery_id))
         self._events.append(DeliveryOpened(delivery.delivery_id, market.symbol, fill.trade_id,
                                            seller, buyer, fill.qty, start, delivery.window_end,
                                            premium, bond))
+        if not self.uptime.has_nodes(seller, underlying):
+            heapq.heappush(self._delivery_queue, (delivery.window_end, delivery.delivery_id))
+            return
+        delivery.allocation = self.uptime.allocate(delivery)
+        heapq.heappush(self._attested_queue, (delivery.window_end, delivery.delivery_id))
+        for node, units in delivery.allocation:
+            self._events.append(DeliveryAllocated(delivery.delivery_id, node, units))
 
     def _position(self, market: Market, account: str, *, touch: bool = True) -> Position:
         """The account's position in a future (created flat); ``touch`` reports it."""
@@ -618,8 +649,7 @@ class Exchange:
         reason = None
         if not is_address(cmd.account) or cmd.account in SYSTEM_ACCOUNTS:
             reason = Reason.INVALID_ACCOUNT
-        elif not any(m.spot and m.instrument.underlying == cmd.underlying
-                     for m in self.markets.values()):
+        elif not self._traded_spot(cmd.underlying):
             reason = Reason.UNKNOWN_UNDERLYING
         elif not 0 <= cmd.units < 1 << 63:
             reason = Reason.INVALID_AMOUNT
@@ -628,6 +658,47 @@ class Exchange:
             return
         self.capacity[(cmd.account, cmd.underlying)] = cmd.units
         self._events.append(CapacitySet(cmd.account, cmd.underlying, cmd.units))
+
+    def _traded_spot(self, underlying: str) -> bool:
+        return any(m.spot and m.instrument.underlying == underlying
+                   for m in self.markets.values())
+
+    # --- nodes, epochs and attestations (engine.uptime) -----------------------------------
+
+    def _register_node(self, cmd: RegisterNode) -> None:
+        reason = self.uptime.register(cmd) if self._traded_spot(cmd.underlying) \
+            else Reason.UNKNOWN_UNDERLYING
+        if reason is not None:
+            self._events.append(CommandRejected("register_node", cmd.node, 0, reason))
+            return
+        self._events.append(NodeRegistered(cmd.node, cmd.provider, cmd.underlying, cmd.units))
+
+    def _deregister_node(self, cmd: DeregisterNode) -> None:
+        reason = self.uptime.deregister(cmd)
+        if reason is not None:
+            self._events.append(CommandRejected("deregister_node", cmd.node, 0, reason))
+            return
+        provider = self.uptime.nodes[cmd.node].provider
+        self._events.append(NodeDeregistered(cmd.node, provider, cmd.effective_ts))
+
+    def _open_epoch(self, cmd: OpenEpoch) -> None:
+        # epochs from here on may still count for an open delivery, or for one sold later
+        keep_from = min([d.window_start for d in self.deliveries.values()
+                         if d.allocation is not None] + [self._ts + 1])
+        reason = self.uptime.open_epoch(cmd, keep_from)
+        if reason is not None:
+            self._events.append(CommandRejected("open_epoch", "", cmd.epoch, reason))
+            return
+        self._events.append(EpochOpened(cmd.epoch, cmd.beacon, cmd.start_ts, cmd.length_ns))
+
+    def _attestation_accepted(self, cmd: AttestationAccepted) -> None:
+        reason = self.uptime.attest(cmd)
+        if reason is not None:
+            self._events.append(CommandRejected("attestation_accepted", cmd.node, cmd.epoch,
+                                                reason))
+            return
+        self._events.append(AttestationRecorded(cmd.node, cmd.epoch,
+                                                self.uptime.nodes[cmd.node].provider))
 
     def _index_fix(self, cmd: IndexFix) -> None:
         year, month, day = cmd.day // 10000, cmd.day // 100 % 100, cmd.day % 100
@@ -669,17 +740,27 @@ class Exchange:
                 self._halt(market)
             if market.halted and ts >= market.month_end_ns:
                 self._settle_expiry(market)
-        while self._delivery_queue and self._delivery_queue[0][0] <= ts:
-            _, delivery_id = heapq.heappop(self._delivery_queue)
+        due = []
+        for queue, grace in ((self._delivery_queue, 0),
+                             (self._attested_queue, self.uptime.grace())):
+            while queue and queue[0][0] + grace <= ts:
+                due.append(heapq.heappop(queue))
+        for _, delivery_id in sorted(due):
             delivery = self.deliveries.pop(delivery_id, None)
-            if delivery is not None:  # else settled already by SettleDelivery
+            if delivery is None:
+                continue  # settled already by SettleDelivery
+            if delivery.allocation is None:
                 self._close_delivery(delivery, delivery.qty, delivery.qty)
+            else:
+                self._close_delivery(delivery, *self.uptime.settlement(delivery))
 
     def _settle_delivery(self, cmd: SettleDelivery) -> None:
         delivery = self.deliveries.get(cmd.delivery_id)
         reason = None
         if delivery is None:
             reason = Reason.UNKNOWN_DELIVERY
+        elif delivery.allocation is not None:
+            reason = Reason.DELIVERY_ATTESTED
         elif not 0 <= cmd.delivered <= cmd.required < 1 << 63 or cmd.required <= 0:
             reason = Reason.INVALID_AMOUNT
         elif self._ts < delivery.window_end:
@@ -720,6 +801,8 @@ class Exchange:
 
     def _close_delivery(self, delivery: Delivery, delivered: int, required: int) -> None:
         split = payout(delivery, delivered, required)
+        if delivery.allocation is not None:
+            self.uptime.release(delivery)
         ledger = self.ledger
         buyer, seller = delivery.buyer, delivery.seller
         ledger.transfer(buyer, "escrow", seller, "available", split.seller_paid)
@@ -868,6 +951,7 @@ class Exchange:
             withdrawals_seen=sorted(self.withdrawals_seen),
             fixes=sorted((u, d, p) for (u, d), p in self.fixes.items()),
             clearing=self.clearing.state(),
+            uptime=self.uptime.state(),
         )
 
     def state_hash(self) -> str:
@@ -900,7 +984,9 @@ class Exchange:
             market.book.restore(book_state)
         for delivery in state.deliveries:
             exchange.deliveries[delivery.delivery_id] = msgspec.structs.replace(delivery)
-            heapq.heappush(exchange._delivery_queue, (delivery.window_end, delivery.delivery_id))
+            queue = exchange._delivery_queue if delivery.allocation is None \
+                else exchange._attested_queue
+            heapq.heappush(queue, (delivery.window_end, delivery.delivery_id))
         exchange.capacity = {(a, u): n for a, u, n in state.capacity}
         exchange.sold = {(a, u, w): n for a, u, w, n in state.sold}
         exchange.open_sells = {(a, s): n for a, s, n in state.open_sells}
@@ -908,6 +994,7 @@ class Exchange:
         exchange.withdrawals_seen = set(state.withdrawals_seen)
         exchange.fixes = {(u, d): p for u, d, p in state.fixes}
         exchange.clearing = Clearing.restore(state.clearing)
+        exchange.uptime = Uptime.restore(state.uptime)
         return exchange
 
 
@@ -923,6 +1010,10 @@ Exchange._handlers = {
     SetCapacity: Exchange._set_capacity,
     IndexFix: Exchange._index_fix,
     SettleDelivery: Exchange._settle_delivery,
+    RegisterNode: Exchange._register_node,
+    DeregisterNode: Exchange._deregister_node,
+    OpenEpoch: Exchange._open_epoch,
+    AttestationAccepted: Exchange._attestation_accepted,
     ListInstrument: Exchange._list_instrument,
     ClearingCut: Exchange._clearing_cut,
     Timer: Exchange._timer,

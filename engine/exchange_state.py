@@ -13,6 +13,7 @@ from engine.instruments import Instrument
 from engine.ledger import Balances
 from engine.market import LiveOrder
 from engine.positions import Position
+from engine.uptime import UptimeState
 
 
 class ExchangeState(msgspec.Struct, frozen=True, array_like=True):
@@ -39,6 +40,7 @@ class ExchangeState(msgspec.Struct, frozen=True, array_like=True):
     withdrawals_seen: list[int]
     fixes: list[tuple[str, int, int]]
     clearing: ClearingState
+    uptime: UptimeState
 
 
 _state_encoder = msgspec.msgpack.Encoder()
