@@ -33,7 +33,14 @@ from chain_bridge.batches import hash_of, settle_arguments
 from chain_bridge.chain import Chain, ChainError, RevertedError
 from chain_bridge.deployment import Deployment
 from engine.clearing import BatchDelta, ClearingBatch
-from engine.commands import BatchConfirmed, CreditDeposit, ExchangeCommand, ForceWithdrawal
+from engine.commands import (
+    BatchConfirmed,
+    CreditDeposit,
+    DeregisterNode,
+    ExchangeCommand,
+    ForceWithdrawal,
+    RegisterNode,
+)
 
 log = logging.getLogger("cmx.bridge")
 
@@ -47,6 +54,9 @@ class EngineView(msgspec.Struct, frozen=True):
     credited_deposit_id: int
     forced_seen: frozenset[int]
     unconfirmed: tuple[ClearingBatch, ...]
+    nodes: frozenset[str] = frozenset()
+    """Nodes the engine has registered, and those whose deregistration it knows."""
+    deregistered: frozenset[str] = frozenset()
 
 
 class Deposit(msgspec.Struct, frozen=True):
@@ -82,6 +92,9 @@ class ChainBridge:
         self.operator = operator
         self.confirmations = confirmations
         self.house: Contract = chain.contract("ClearingHouse", deployment.clearing_house)
+        self.registry: Contract = chain.contract("UptimeRegistry", deployment.registry)
+        self.node_events: list[RegisterNode | DeregisterNode] = []  # in chain order
+        self._node_sent: set[tuple[str, str]] = set()
         self.deposits: dict[int, Deposit] = {}
         self.forced: dict[int, ForcedRequest] = {}
         self.paid_withdrawals: dict[int, int] = {}
@@ -116,6 +129,7 @@ class ChainBridge:
             safe = head - self.confirmations
             self._credits(view, safe, commands)
             self._forced_withdrawals(view, safe, commands)
+            self._nodes(view, commands)
             self._clear(view, commands)
         except Exception as exc:
             if not commands:
@@ -142,10 +156,36 @@ class ChainBridge:
                 self.forced[request_id] = ForcedRequest(
                     request_id, str(args["account"]).lower(), int(args["amount"]),
                     int(entry["blockNumber"]), int(entry["logIndex"]))
+            self._scan_registry(start, end)
             for entry in events.Withdrawn().get_logs(from_block=start, to_block=end):
                 self.paid_withdrawals[int(entry["args"]["withdrawalId"])] = \
                     int(entry["blockNumber"])
             self._scanned = end
+
+    def _scan_registry(self, start: int, end: int) -> None:
+        registry = self.registry.events
+        found: list[tuple[int, int, RegisterNode | DeregisterNode]] = []
+        for entry in registry.NodeRegistered().get_logs(from_block=start, to_block=end):
+            args = entry["args"]
+            underlying = bytes(args["nodeClass"]).rstrip(b"\0").decode("ascii", "replace")
+            found.append((int(entry["blockNumber"]), int(entry["logIndex"]), RegisterNode(
+                str(args["node"]).lower(), str(args["provider"]).lower(), underlying,
+                int(args["units"]))))
+        for entry in registry.NodeDeregistered().get_logs(from_block=start, to_block=end):
+            args = entry["args"]
+            found.append((int(entry["blockNumber"]), int(entry["logIndex"]), DeregisterNode(
+                str(args["node"]).lower(), int(args["effectiveAt"]) * 1_000_000_000)))
+        self.node_events += [event for _, _, event in sorted(found, key=lambda f: f[:2])]
+
+    def _nodes(self, view: EngineView, commands: list[ExchangeCommand]) -> None:
+        """Registrations and deregistrations on chain become engine commands, in order."""
+        for event in self.node_events:
+            kind = "register" if isinstance(event, RegisterNode) else "deregister"
+            known = view.nodes if kind == "register" else view.deregistered
+            if event.node in known or (kind, event.node) in self._node_sent:
+                continue
+            commands.append(event)
+            self._node_sent.add((kind, event.node))
 
     def _credits(self, view: EngineView, safe_block: int,
                  commands: list[ExchangeCommand]) -> None:

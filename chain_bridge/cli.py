@@ -36,6 +36,24 @@ def register(commands: Any) -> None:
     parser.add_argument("amount", help="USDC, e.g. 1000 or 12.5")
     parser.set_defaults(handler=_deposit)
 
+    provider = commands.add_parser("provider", help="compute providers: register nodes")
+    provider_sub = provider.add_subparsers(dest="provider_command", metavar="COMMAND",
+                                           required=True)
+    register_node = provider_sub.add_parser(
+        "register-node", help="register a node in the UptimeRegistry",
+        description="Registers NODE (the address of the node agent's key) in the exchange's "
+        "UptimeRegistry as a node of the provider account of --key; the exchange learns of "
+        "it from the chain. Signed here, relayed by the running server.")
+    _server_options(register_node)
+    register_node.add_argument("--key", required=True, metavar="KEY_OR_FILE",
+                               help="the provider account's private key (hex, or a file)")
+    register_node.add_argument("--node", required=True, help="the node's address")
+    register_node.add_argument("--class", dest="node_class", required=True,
+                               help="what it provides: GPU.H100, GPU.H200, GPU.B200, RACK.KW")
+    register_node.add_argument("--units", type=int, required=True,
+                               help="GPU count, or kW for a rack controller")
+    register_node.set_defaults(handler=_register_node)
+
     chain = commands.add_parser("chain", help="the exchange's chain: status")
     sub = chain.add_subparsers(dest="chain_command", metavar="COMMAND", required=True)
     status = sub.add_parser("status", help="contracts, batches, deposits, reconciliation",
@@ -155,3 +173,18 @@ def _status(args: argparse.Namespace) -> int:
             if status.get(key):
                 print(f"{key:<16} {status[key]}")
     return 0 if status["reconciled"] else 2
+
+
+def _register_node(args: argparse.Namespace) -> int:
+    from chain_bridge.chain import ChainError  # noqa: PLC0415 (web3: only here)
+    from chain_bridge.wallet import register_node  # noqa: PLC0415
+
+    try:
+        receipt = register_node(f"ws://{args.host}:{args.port}/chain", read_key(args.key),
+                                args.node, args.node_class, args.units)
+    except (ValueError, ChainError) as exc:
+        print(f"cmx provider register-node: {exc}", file=sys.stderr)
+        return 1
+    print(f"node {args.node.lower()} registered ({args.node_class}, {args.units} units): "
+          f"transaction {receipt['tx']} in block {receipt['block']}")
+    return 0

@@ -14,12 +14,10 @@ from pathlib import Path
 import msgspec
 from eth_account.signers.local import LocalAccount
 
+from chain_bridge.attestation import DEFAULT_DIFFICULTY
 from chain_bridge.chain import Chain, ChainError
 from chain_bridge.extension import FORCED_WITHDRAWAL_DELAY_S
 from engine.ledger import FEE_ACCOUNT
-
-DIFFICULTY = 2_000_000
-"""Default attestation difficulty: about a second of one core per solve."""
 
 
 class Deployment(msgspec.Struct, frozen=True):
@@ -54,7 +52,7 @@ def deploy(
     operator: LocalAccount,
     *,
     forced_withdrawal_delay_s: int = FORCED_WITHDRAWAL_DELAY_S,
-    difficulty: int = DIFFICULTY,
+    difficulty: int = DEFAULT_DIFFICULTY,
 ) -> Deployment:
     """Deploy the collateral token, the ClearingHouse and the UptimeRegistry from
     ``operator`` (which mints the token and settles batches)."""

@@ -12,6 +12,7 @@ from typing import Any
 
 BATCH_INTERVAL_S = 5.0
 BATCH_FILLS = 1_000
+EPOCH_S = 300.0
 FORCED_WITHDRAWAL_DELAY_S = 86_400
 """Default time a forced withdrawal request may wait for a batch before anyone may freeze
 the vault (one day: escape hatches give the operator days, not minutes)."""
@@ -48,6 +49,11 @@ class ChainExtension:
                            default=FORCED_WITHDRAWAL_DELAY_S,
                            help="seconds a forced withdrawal may wait before the vault can "
                            "be frozen, for a new deployment (default one day)")
+        group.add_argument("--epoch-seconds", type=float, default=EPOCH_S,
+                           help=f"uptime epoch length (default {EPOCH_S:g})")
+        group.add_argument("--attest-difficulty", type=int, default=None,
+                           help="attestation difficulty of a new deployment (default: about "
+                           "a second of one core per solve)")
 
     def attach(self, args: argparse.Namespace) -> Callable[[Any, Any], Awaitable[Any]] | None:
         """The chain service's start, unless ``--chain none``."""

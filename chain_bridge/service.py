@@ -38,11 +38,13 @@ from websockets.exceptions import ConnectionClosed
 
 from chain_bridge import deployment as deployments
 from chain_bridge.anvil import AnvilNode
+from chain_bridge.attestation import DEFAULT_DIFFICULTY, Attestation
 from chain_bridge.bridge import ChainBridge, EngineView
 from chain_bridge.chain import ETHER, Chain, ChainError, embedded, rpc
+from chain_bridge.collector import Collector
 from chain_bridge.deployment import Deployment
 from chain_bridge.wallet import WalletDesk
-from engine.commands import ClearingCut, ExchangeCommand
+from engine.commands import AttestationAccepted, ClearingCut, ExchangeCommand, OpenEpoch
 from engine.exchange import Exchange
 from engine.keys import dev_keys, read_key
 from engine.ledger import INSURANCE_FUND
@@ -65,6 +67,10 @@ class GatewayLike(Protocol):
     """What the bridge uses of the gateway (`gateway.hub.Gateway`)."""
 
     exchange: Exchange
+    attest_handler: Any
+
+    def publish_attest(self, payload: str) -> None:
+        """Announce an epoch on the ``attest`` channel."""
 
     def submit(self, command: ExchangeCommand, waiter: Any = None) -> int:
         """Sequence a command."""
@@ -105,6 +111,9 @@ class ChainService:
         self._status: dict[str, Any] = {"state": "starting"}
         self._task: asyncio.Task[None] | None = None
         self._last_cut = time.monotonic()
+        self.epoch_ns = int(args.epoch_seconds * 1_000_000_000)
+        self.collector: Collector | None = None
+        self.attestations_accepted = 0
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -122,6 +131,7 @@ class ChainService:
         self.server.routes["/api/chain"] = lambda _query: self._status
         self.server.routes["/api/chain/withdrawal"] = self._withdrawal
         self.server.socket_routes["/chain"] = self._wallet
+        self.gateway.attest_handler = self._attest
         self._task = asyncio.create_task(self._loop())
         log.info("chain %s (id %d): ClearingHouse %s, collateral %s, last batch %d",
                  self._status["chain"], self._status["chain_id"],
@@ -160,7 +170,8 @@ class ChainService:
         elif chain.local:
             chain.fund(operator.address, DEV_ETHER)
             found = deployments.deploy(chain, operator,
-                                       forced_withdrawal_delay_s=args.forced_withdrawal_delay)
+                                       forced_withdrawal_delay_s=args.forced_withdrawal_delay,
+                                       difficulty=args.attest_difficulty or DEFAULT_DIFFICULTY)
             deployments.save(found, path)
             log.info("contracts deployed on the %s chain, recorded in %s", chain.kind, path)
         else:
@@ -172,6 +183,9 @@ class ChainService:
             0 if chain.local else 12
         self.bridge = ChainBridge(chain, found, operator, confirmations=confirmations)
         self.desk = WalletDesk(chain, found)
+        target = int(self.bridge.registry.functions.target().call())
+        self.collector = Collector(chain_id=chain.chain_id, registry=found.registry,
+                                   target=target, epoch_ns=self.epoch_ns)
 
     def _operator_key(self, chain: Chain) -> LocalAccount:
         if self.args.operator_key is not None:
@@ -215,10 +229,15 @@ class ChainService:
                                "approving the ClearingHouse")
                 chain.transact(signer, house.functions.deposit(DEMO_DEPOSIT), "deposit")
 
-    def _poll(self, view: EngineView) -> tuple[list[ExchangeCommand], dict[str, Any]]:
-        assert self.bridge is not None
+    def _poll(self, view: EngineView, epoch: int | None,
+              ) -> tuple[list[ExchangeCommand], dict[str, Any]]:
+        assert self.bridge is not None and self.chain is not None
         try:
             commands = self.bridge.poll(view)
+            if epoch is not None:  # its beacon: the latest block's hash, unknown before now
+                beacon = self.chain.w3.eth.get_block("latest")["hash"]
+                commands.append(OpenEpoch(epoch, "0x" + bytes(beacon).hex(),
+                                          epoch * self.epoch_ns, self.epoch_ns))
             self.bridge.last_error = None
         except Exception as exc:  # an outage (any client error): try again next round
             commands = []
@@ -236,6 +255,9 @@ class ChainService:
         clearing = self.gateway.exchange.clearing
         status["engine_next_batch_id"] = clearing.next_batch_id
         status["engine_unconfirmed_batches"] = len(clearing.unconfirmed)
+        status["attestations_accepted"] = self.attestations_accepted
+        last = self.gateway.exchange.uptime.last_epoch()
+        status["epoch"] = last.epoch if last is not None else None
         return status
 
     def _close(self) -> None:
@@ -246,13 +268,21 @@ class ChainService:
 
     async def _loop(self) -> None:
         poll_s = POLL_MS / 1000
+        self._sync_collector()
         while True:
             self._maybe_cut()
-            clearing = self.gateway.exchange.clearing
-            view = EngineView(max(self.gateway.exchange.deposits_seen, default=0),
-                              frozenset(clearing.forced_seen), tuple(clearing.unconfirmed))
+            exchange = self.gateway.exchange
+            clearing, uptime = exchange.clearing, exchange.uptime
+            view = EngineView(max(exchange.deposits_seen, default=0),
+                              frozenset(clearing.forced_seen), tuple(clearing.unconfirmed),
+                              frozenset(uptime.nodes),
+                              frozenset(n for n, node in uptime.nodes.items()
+                                        if node.deregistered_at is not None))
+            epoch = time.time_ns() // self.epoch_ns
+            last = uptime.last_epoch()
+            due = epoch if last is None or epoch > last.epoch else None
             try:
-                commands, self._status = await self._call(self._poll, view)
+                commands, self._status = await self._call(self._poll, view, due)
             except Exception:
                 log.exception("chain bridge round failed")
                 commands = []
@@ -261,6 +291,46 @@ class ChainService:
             if commands:
                 self.server.pump()
             await asyncio.sleep(poll_s)
+            self._sync_collector()
+
+    def _sync_collector(self) -> None:
+        """The collector learns the engine's nodes and its newest epoch (which it then
+        announces on the ``attest`` channel)."""
+        assert self.collector is not None
+        uptime = self.gateway.exchange.uptime
+        collector = self.collector
+        for address, node in uptime.nodes.items():
+            if address not in collector.nodes:
+                collector.register(address, node.provider, node.underlying, node.units)
+            if node.deregistered_at is not None:
+                collector.deregister(address, node.deregistered_at)
+        last = uptime.last_epoch()
+        if last is not None and (collector.current is None or last.epoch > collector.current):
+            deadline = last.start_ts + last.length_ns
+            collector.open_epoch(last.epoch, last.beacon, last.start_ts, deadline)
+            collector.forget(last.epoch - 1)
+            self.gateway.publish_attest(json.dumps({
+                "channel": "attest", "type": "epoch", "epoch": last.epoch,
+                "beacon": last.beacon, "target": f"0x{collector.target:064x}",
+                "deadline_ns": deadline, "chain_id": collector.chain_id,
+                "registry": collector.registry}))
+
+    def _attest(self, request: Any, now_ns: int) -> tuple[str, str] | None:
+        """The ``attest`` op: the collector's verdict; an accepted one is sequenced."""
+        assert self.collector is not None
+        try:
+            attestation = Attestation(request.node.lower(), request.epoch, request.beacon,
+                                      request.nonce, request.signature.lower())
+        except (TypeError, ValueError) as exc:
+            return "malformed", str(exc)
+        verdict = self.collector.submit(attestation, now_ns)
+        if verdict.reason is not None:
+            return verdict.reason.value, verdict.detail
+        self.gateway.submit(AttestationAccepted(attestation.node, attestation.epoch,
+                                                attestation.nonce, verdict.digest))
+        self.server.pump()
+        self.attestations_accepted += 1
+        return None
 
     def _maybe_cut(self) -> None:
         now = time.monotonic()

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from hexbytes import HexBytes
 from web3 import Web3
@@ -27,6 +28,7 @@ from chain_bridge.deployment import Deployment
 
 APPROVE_GAS = 80_000
 DEPOSIT_GAS = 120_000
+REGISTER_GAS = 200_000
 
 
 class WalletDesk:
@@ -140,8 +142,13 @@ def deposit(url: str, key: str, amount: int, beneficiary: str | None = None,
     call = house.encode_abi("deposit", [amount]) if beneficiary is None else \
         house.encode_abi("depositFor", [Web3.to_checksum_address(beneficiary), amount])
     calls.append((info["clearing_house"], call, DEPOSIT_GAS))
+    return _send(client, signer, info, state["nonce"], calls, "deposit")
+
+
+def _send(client: WalletClient, signer: LocalAccount, info: dict[str, Any], nonce: int,
+          calls: list[tuple[str, str, int]], what: str) -> list[dict[str, Any]]:
+    """Sign ``calls`` (to, data, gas) from ``nonce`` on and relay them; their receipts."""
     receipts = []
-    nonce = state["nonce"]
     tip = 1_000_000_000
     for to, data, gas in calls:
         tx = {"to": Web3.to_checksum_address(to), "data": data, "value": 0, "gas": gas,
@@ -150,7 +157,30 @@ def deposit(url: str, key: str, amount: int, beneficiary: str | None = None,
         signed = signer.sign_transaction(tx)
         receipt = client.request({"op": "send", "raw": signed.raw_transaction.hex()})
         if receipt["status"] != 1:
-            raise RevertedError("deposit", f"transaction {receipt['tx']} failed")
+            raise RevertedError(what, f"transaction {receipt['tx']} failed")
         receipts.append(receipt)
         nonce += 1
     return receipts
+
+
+def register_node(url: str, key: str, node: str, node_class: str, units: int,
+                  ) -> dict[str, Any]:
+    """Register ``node`` (class e.g. ``GPU.H100`` or ``RACK.KW``, ``units`` GPUs or kW) in the
+    UptimeRegistry as a node of ``key``'s provider account; the receipt."""
+    if not Web3.is_address(node):
+        raise ValueError(f"not an address: {node}")
+    if units <= 0:
+        raise ValueError("units must be positive")
+    label = node_class.encode("ascii")
+    if not 0 < len(label) <= 32:
+        raise ValueError(f"a node class is 1 to 32 ASCII characters: {node_class!r}")
+    client = WalletClient(url)
+    info = client.request({"op": "info"})
+    signer = Account.from_key(key)
+    state = client.request({"op": "account", "address": signer.address})
+    registry = Web3().eth.contract(abi=load_artifact("UptimeRegistry").abi)
+    data = registry.encode_abi("registerNode", [Web3.to_checksum_address(node),
+                                                label.ljust(32, b"\0"), units])
+    (receipt,) = _send(client, signer, info, state["nonce"],
+                       [(info["registry"], data, REGISTER_GAS)], "node registration")
+    return receipt

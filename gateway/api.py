@@ -30,12 +30,14 @@ Depth = Literal[10, 25, 100, 500]
 
 
 class Channel(StrEnum):
-    """Subscribable channels; the last four are private (need a login)."""
+    """Subscribable channels; the last four are private (need a login). ``attest`` carries
+    the uptime epochs providers' node agents attest to (a chain is needed)."""
 
     BOOK = "book"
     TRADES = "trades"
     TICKER = "ticker"
     INSTRUMENTS = "instruments"
+    ATTEST = "attest"
     ORDERS = "orders"
     FILLS = "fills"
     POSITIONS = "positions"
@@ -60,6 +62,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_ORDER = "unknown_order"
     NOT_SUBSCRIBED = "not_subscribed"
     RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
 
 
 class Request(msgspec.Struct, frozen=True, tag_field="op", forbid_unknown_fields=True,
@@ -206,8 +209,19 @@ class Withdraw(Request, frozen=True, tag="withdraw"):
     amount: DecimalText
 
 
+class Attest(Request, frozen=True, tag="attest"):
+    """A node's uptime attestation for an epoch (see CHAIN.md); no login: the signature is
+    the node's. Answered by `Attested` or an `Error` whose code says why it was refused."""
+
+    node: Address
+    epoch: Annotated[int, msgspec.Meta(ge=0)]
+    beacon: Annotated[str, msgspec.Meta(pattern=r"^0x[0-9a-f]{64}$")]
+    nonce: Annotated[int, msgspec.Meta(ge=0)]
+    signature: Signature
+
+
 ClientRequest = (Ping | Subscribe | Unsubscribe | Resync | Challenge | Login | Place | Cancel
-                 | Amend | MassCancel | CancelAllAfter | Withdraw)
+                 | Amend | MassCancel | CancelAllAfter | Withdraw | Attest)
 
 request_decoder = msgspec.json.Decoder(ClientRequest)
 
@@ -226,6 +240,13 @@ class Error(Reply, frozen=True, tag="error"):
 
     code: str = ""
     msg: str = ""
+
+
+class Attested(Reply, frozen=True, tag="attested"):
+    """An attestation was accepted."""
+
+    node: str = ""
+    epoch: int = 0
 
 
 class Welcome(Reply, frozen=True, tag="welcome"):

@@ -41,6 +41,7 @@ from engine.instruments import Instrument
 from engine.messages import Side
 from engine.sequencer import Released, Sequencer
 from gateway.api import (
+    Attest,
     BalanceView,
     Channel,
     Error,
@@ -109,6 +110,10 @@ class Session:
         self.send(_encode(message).decode())
 
 
+AttestHandler = Callable[[Attest, int], tuple[str, str] | None]
+"""An attestation and the time (ns) in; None when accepted, else (reason code, detail)."""
+
+
 class AccountListener(Protocol):
     """Something that follows an account's own events as they are released (the FIX
     acceptor builds its ExecutionReports from them)."""
@@ -167,6 +172,11 @@ class Gateway:
         busy book sends one update per interval however many commands touched it."""
         self.dirty: dict[str, SymbolBook] = {}
         self._dirty_ts = 0
+        self.attest_subscribers: set[Session] = set()
+        self.attest_epoch: str | None = None
+        """The current epoch's ``attest`` channel message, sent to each new subscriber."""
+        self.attest_handler: AttestHandler | None = None
+        """Checks an attestation (the chain service sets it); returns why it was refused."""
 
     def _add_book(self, instrument: Instrument) -> None:
         market = self.exchange.markets[instrument.symbol]
@@ -207,7 +217,8 @@ class Gateway:
         """Forget a closed connection; cancel its live orders if it asked for that."""
         self.sessions.discard(session)
         for subscribers in (*self.book_subscribers.values(), *self.trade_subscribers.values(),
-                            *self.ticker_subscribers.values(), self.instrument_subscribers):
+                            *self.ticker_subscribers.values(), self.instrument_subscribers,
+                            self.attest_subscribers):
             subscribers.discard(session)
         for key in [k for k, s in self.book_subscribers.items() if not s]:
             del self.book_subscribers[key]
@@ -231,6 +242,12 @@ class Gateway:
             self.dead_man[account] = deadline_ns
         else:
             self.dead_man.pop(account, None)
+
+    def publish_attest(self, payload: str) -> None:
+        """Send a new epoch to the ``attest`` channel (and keep it for late subscribers)."""
+        self.attest_epoch = payload
+        for session in self.attest_subscribers:
+            session.send(payload)
 
     def tick(self, now_ns: int) -> None:
         """Fire the dead-man's switches that are due: cancel every order of their accounts."""

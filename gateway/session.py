@@ -174,9 +174,20 @@ class ClientSession(Session):
             self.gateway.cancel_all_after(account, deadline)
             self.reply(api.CancelAllAfterSet(request.id, request.timeout_ms,
                                              str(deadline) if deadline else ""))
+        elif isinstance(request, api.Attest):
+            self._attest(request, now_ns)
         else:
             assert isinstance(request, api.Withdraw)
             order_entry.withdraw(self.gateway, self, self._account(now_ns), request)
+
+    def _attest(self, request: api.Attest, now_ns: int) -> None:
+        handler = self.gateway.attest_handler
+        if handler is None:
+            raise RequestError(ErrorCode.UNAVAILABLE, "this exchange runs without a chain")
+        refused = handler(request, now_ns)
+        if refused is not None:
+            raise RequestError(*refused)
+        self.reply(api.Attested(request.id, request.node.lower(), request.epoch))
 
     def _account(self, now_ns: int | None) -> str:
         """The logged-in account, after the account-wide rate limit for order ops."""
@@ -227,6 +238,12 @@ class ClientSession(Session):
             if channel != Channel.FILLS:
                 self.send(gateway.private_snapshot(account, channel))
             return
+        if channel == Channel.ATTEST:
+            gateway.attest_subscribers.add(self)
+            self.reply(api.Subscribed(request.id, channel.value, []))
+            if gateway.attest_epoch is not None:
+                self.send(gateway.attest_epoch)
+            return
         if channel == Channel.INSTRUMENTS:
             gateway.instrument_subscribers.add(self)
             self.reply(api.Subscribed(request.id, channel.value, []))
@@ -269,6 +286,8 @@ class ClientSession(Session):
         gateway = self.gateway
         if channel in api.PRIVATE_CHANNELS:
             self.private.discard(channel)
+        elif channel == Channel.ATTEST:
+            gateway.attest_subscribers.discard(self)
         elif channel == Channel.INSTRUMENTS:
             gateway.instrument_subscribers.discard(self)
         else:

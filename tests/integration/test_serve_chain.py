@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from websockets.sync.client import connect
 
 from chain_bridge.anvil import AnvilNode
 from chain_bridge.chain import ETHER, rpc
@@ -183,3 +184,48 @@ def test_a_node_without_the_deployment_is_refused(tmp_path: Path) -> None:
         node.stop()
     assert done.returncode != 0
     assert "give --deployment" in done.stderr
+
+
+def test_a_registered_node_attests_every_epoch_through_the_agent(
+        tmp_path: Path, started: list[ServeProcess]) -> None:
+    serve = ServeProcess(tmp_path / "data", "--chain", "embedded", "--fix-port", "-1",
+                         "--epoch-seconds", "1", "--attest-difficulty", "16")
+    started.append(serve)
+    key_file = tmp_path / "node.key"
+    made = cmx("node-agent", "keygen", str(key_file))
+    assert made.returncode == 0, made.stderr
+    node = made.stdout.split()[-1].lower()
+    assert node.startswith("0x") and len(node) == 42
+    _, provider_key = dev_keys()[1]
+    registered = cmx("provider", "register-node", "--port", str(serve.port), "--key",
+                     provider_key, "--node", node, "--class", "GPU.H100", "--units", "8")
+    assert registered.returncode == 0, registered.stderr
+    agent = subprocess.Popen([sys.executable, "-m", "gateway.cli", "node-agent", "--key-file",
+                              str(key_file), "--url", f"ws://127.0.0.1:{serve.port}/"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for("three accepted attestations",
+                 lambda: chain_status(serve.port)["attestations_accepted"] >= 3)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+    status = chain_status(serve.port)
+    assert status["epoch"] is not None and status["reconciled"] is True
+    # a forged one (another key's signature) is refused with its reason, to that client only
+    with connect(f"ws://127.0.0.1:{serve.port}/") as ws:
+        ws.recv()  # welcome
+        ws.send(json.dumps({"op": "subscribe", "channel": "attest", "id": 1}))
+        epoch = None
+        while epoch is None:
+            message = json.loads(ws.recv(timeout=10))
+            if message.get("type") == "epoch":
+                epoch = message
+        ws.send(json.dumps({"op": "attest", "id": 2, "node": node, "epoch": epoch["epoch"],
+                            "beacon": epoch["beacon"], "nonce": 0,
+                            "signature": "0x" + "11" * 65}))
+        while True:
+            reply = json.loads(ws.recv(timeout=10))
+            if reply.get("id") == 2:
+                break
+    assert reply["type"] == "error" and reply["code"] in {"bad_signature", "above_target"}
+    assert chain_status(serve.port)["attestations_accepted"] >= 3
