@@ -4,7 +4,9 @@ A fill's leaf is ``keccak256(abi.encode(symbol, tradeId, price, qty, buyer, sell
 (``string, uint64, int64, int64, address, address, uint64``); the batch's fills root is the
 sorted-pair Merkle root of its fills in trade order (`chain_bridge.merkle`), so anyone holding
 a fill and its proof can check it against ``fillsRoots(batchId)`` on chain with
-``verifyFill``.
+``verifyFill``. An accepted attestation's leaf is
+``keccak256(abi.encode(node, epoch, nonce, digest))`` (``address, uint64, uint64, bytes32``),
+rooted the same way in the batch's ``attestationsRoots(batchId)``.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from web3 import Web3
 
 from chain_bridge.contracts import batch_hash
 from chain_bridge.merkle import merkle_proof, merkle_root
-from engine.clearing import BatchFill, ClearingBatch
+from engine.clearing import BatchAttestation, BatchFill, ClearingBatch
 
 FILL_TYPES = ["string", "uint64", "int64", "int64", "address", "address", "uint64"]
-ZERO_ROOT = bytes(32)
+ATTESTATION_TYPES = ["address", "uint64", "uint64", "bytes32"]
 
 
 def fill_leaf(fill: BatchFill) -> bytes:
@@ -47,6 +49,29 @@ def fill_proof(batch: ClearingBatch, trade_id: int, symbol: str) -> tuple[bytes,
     raise KeyError(f"no fill {symbol} #{trade_id} in batch {batch.batch_id}")
 
 
+def attestation_leaf(attestation: BatchAttestation) -> bytes:
+    """The Merkle leaf of one accepted attestation:
+    ``keccak256(abi.encode(node, epoch, nonce, digest))``."""
+    return keccak(encode(ATTESTATION_TYPES, [attestation.node, attestation.epoch,
+                                             attestation.nonce,
+                                             bytes.fromhex(attestation.digest[2:])]))
+
+
+def attestations_root(batch: ClearingBatch) -> bytes:
+    """The Merkle root of the attestations the batch commits (zero when none)."""
+    return merkle_root([attestation_leaf(a) for a in batch.attestations])
+
+
+def attestation_proof(batch: ClearingBatch, node: str, epoch: int,
+                      ) -> tuple[bytes, list[bytes]]:
+    """The leaf of one of the batch's attestations and its Merkle proof."""
+    leaves = [attestation_leaf(a) for a in batch.attestations]
+    for index, attestation in enumerate(batch.attestations):
+        if attestation.node == node.lower() and attestation.epoch == epoch:
+            return leaves[index], merkle_proof(leaves, index)
+    raise KeyError(f"no attestation of {node} for epoch {epoch} in batch {batch.batch_id}")
+
+
 def settle_arguments(batch: ClearingBatch, prev_hash: bytes) -> list[Any]:
     """The ``settleBatch`` arguments for ``batch`` after the batch hashed ``prev_hash``."""
     return [
@@ -59,7 +84,7 @@ def settle_arguments(batch: ClearingBatch, prev_hash: bytes) -> list[Any]:
             for w in batch.withdrawals
         ],
         fills_root(batch),
-        ZERO_ROOT,
+        attestations_root(batch),
         batch.last_chunk,
     ]
 

@@ -114,6 +114,7 @@ class ChainBridge:
         self.last_error: str | None = None
         self._cut = 0  # the cut whose chunks are being confirmed, and their deltas so far
         self._cut_deltas: list[BatchDelta] = []
+        self._roots: dict[int, str] = {}
         chain.wait_idle(operator.address)
 
     # --- one round ------------------------------------------------------------------------
@@ -346,6 +347,7 @@ class ChainBridge:
             "operator": self.deployment.operator,
             "last_batch_id": int(house.lastBatchId().call()),
             "last_batch_hash": "0x" + bytes(house.lastBatchHash().call()).hex(),
+            "attestation_roots": self._attestation_roots(int(house.lastBatchId().call())),
             "last_deposit_id": int(house.lastDepositId().call()),
             "last_credited_deposit_id": int(house.lastCreditedDepositId().call()),
             "frozen": bool(house.frozen().call()),
@@ -357,6 +359,15 @@ class ChainBridge:
             "deposit_gap": self.deposit_gap,
             "error": self.last_error,
         }
+
+    def _attestation_roots(self, last_batch: int, count: int = 10) -> dict[str, str]:
+        """The attestations roots of the last ``count`` batches (settled roots never change,
+        so each is read once)."""
+        for batch_id in range(max(1, last_batch - count + 1), last_batch + 1):
+            if batch_id not in self._roots:
+                root = bytes(self.house.functions.attestationsRoots(batch_id).call())
+                self._roots[batch_id] = "0x" + root.hex()
+        return {str(i): self._roots[i] for i in sorted(self._roots)[-count:]}
 
     def settled_balances(self, accounts: Iterable[str]) -> dict[str, int]:
         """The chain's settled balances of ``accounts`` now."""

@@ -59,10 +59,21 @@ class BatchFill(msgspec.Struct, frozen=True, array_like=True):
     ts: int
 
 
+class BatchAttestation(msgspec.Struct, frozen=True, array_like=True):
+    """One uptime attestation the engine recorded in the period, as committed in the batch's
+    attestations root (the collector checked it; the chain's ``verifyAttestation`` can
+    again, given the beacon and signature the collector kept)."""
+
+    node: str
+    epoch: int
+    nonce: int
+    digest: str
+
+
 class ClearingBatch(msgspec.Struct, frozen=True, tag="clearing_batch"):
     """One batch (or chunk of a cut) to settle on chain, in ``batch_id`` order.
 
-    The fills of the cut travel with its last chunk.
+    The fills and attestations of the cut travel with its last chunk.
     """
 
     batch_id: int
@@ -72,6 +83,7 @@ class ClearingBatch(msgspec.Struct, frozen=True, tag="clearing_batch"):
     deltas: list[BatchDelta]
     withdrawals: list[BatchWithdrawal]
     fills: list[BatchFill]
+    attestations: list[BatchAttestation] = []
 
 
 class ClearingState(msgspec.Struct, frozen=True, array_like=True):
@@ -85,6 +97,7 @@ class ClearingState(msgspec.Struct, frozen=True, array_like=True):
     unconfirmed: list[ClearingBatch]
     forced_seen: list[int]
     credited_deposit_id: int
+    attestations: list[BatchAttestation] = []
 
 
 class Clearing:
@@ -99,6 +112,7 @@ class Clearing:
         self.unconfirmed: list[ClearingBatch] = []
         self.forced_seen: set[int] = set()
         self.credited_deposit_id = 0  # as of the last batch
+        self.attestations: list[BatchAttestation] = []
 
     def credit(self, account: str, amount: int) -> None:
         """A deposit the chain already holds was credited by the engine."""
@@ -113,6 +127,10 @@ class Clearing:
         """Record a trade for the next batch's fills root."""
         buyer, seller = (maker, taker) if buyer_side == Side.BUY else (taker, maker)
         self.fills.append(BatchFill(symbol, trade_id, price, qty, buyer, seller, ts))
+
+    def attest(self, node: str, epoch: int, nonce: int, digest: str) -> None:
+        """Record an attestation for the next batch's attestations root."""
+        self.attestations.append(BatchAttestation(node, epoch, nonce, digest))
 
     def cut(self, cut: int, totals: dict[str, int], credited_deposit_id: int,
             ) -> list[ClearingBatch]:
@@ -136,7 +154,8 @@ class Clearing:
         deltas = debits + credits
         withdrawals, self.withdrawals = self.withdrawals, []
         fills, self.fills = self.fills, []
-        if not deltas and not withdrawals and not fills and \
+        attestations, self.attestations = self.attestations, []
+        if not deltas and not withdrawals and not fills and not attestations and \
                 credited_deposit_id == self.credited_deposit_id:
             return []
         self.credited_deposit_id = credited_deposit_id
@@ -157,7 +176,7 @@ class Clearing:
                 self.next_batch_id, cut, final, credited_deposit_id,
                 [e for e in chunk if isinstance(e, BatchDelta)],
                 [e for e in chunk if isinstance(e, BatchWithdrawal)],
-                fills if final else [])
+                fills if final else [], attestations if final else [])
             self.next_batch_id += 1
             batches.append(batch)
         self.unconfirmed.extend(batches)
@@ -175,7 +194,7 @@ class Clearing:
         return ClearingState(self.next_batch_id, sorted(self.chain_balances.items()),
                              sorted(self.dirty), list(self.withdrawals), list(self.fills),
                              list(self.unconfirmed), sorted(self.forced_seen),
-                             self.credited_deposit_id)
+                             self.credited_deposit_id, list(self.attestations))
 
     @classmethod
     def restore(cls, state: ClearingState) -> Clearing:
@@ -189,4 +208,5 @@ class Clearing:
         clearing.unconfirmed = list(state.unconfirmed)
         clearing.forced_seen = set(state.forced_seen)
         clearing.credited_deposit_id = state.credited_deposit_id
+        clearing.attestations = list(state.attestations)
         return clearing

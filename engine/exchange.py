@@ -699,6 +699,7 @@ class Exchange:
             return
         self._events.append(AttestationRecorded(cmd.node, cmd.epoch,
                                                 self.uptime.nodes[cmd.node].provider))
+        self.clearing.attest(cmd.node, cmd.epoch, cmd.nonce, cmd.digest)
 
     def _index_fix(self, cmd: IndexFix) -> None:
         year, month, day = cmd.day // 10000, cmd.day // 100 % 100, cmd.day % 100

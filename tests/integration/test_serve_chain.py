@@ -229,3 +229,7 @@ def test_a_registered_node_attests_every_epoch_through_the_agent(
                 break
     assert reply["type"] == "error" and reply["code"] in {"bad_signature", "above_target"}
     assert chain_status(serve.port)["attestations_accepted"] >= 3
+    # the batches commit the accepted attestations: some settled root is not zero
+    wait_for("an attestations root on chain", lambda: any(
+        root != "0x" + "00" * 32 for root in chain_status(serve.port)["attestation_roots"]
+        .values()))

@@ -19,12 +19,15 @@ import msgspec
 import pytest
 
 import engine.clearing
-from engine.clearing import BatchDelta, BatchFill, BatchWithdrawal, ClearingBatch
+from engine.clearing import BatchAttestation, BatchDelta, BatchFill, BatchWithdrawal, ClearingBatch
 from engine.commands import (
+    AttestationAccepted,
     BatchConfirmed,
     CreditDeposit,
     ExchangeCommand,
     ForceWithdrawal,
+    OpenEpoch,
+    RegisterNode,
     RequestWithdrawal,
 )
 from engine.events import (
@@ -620,3 +623,16 @@ def test_replaying_the_journal_gives_the_same_batches() -> None:
     assert msgspec.msgpack.encode(replayed.ex.clearing.state()) == \
         msgspec.msgpack.encode(desk.ex.clearing.state())
     assert replayed.ex.state_hash() == desk.ex.state_hash()
+
+
+def test_recorded_attestations_travel_with_the_cuts_last_chunk() -> None:
+    desk = funded(ALICE)
+    node = account(0x0DE)
+    desk.apply(RegisterNode(node, ALICE, "GPU.H100", 8))
+    desk.apply(OpenEpoch(1, "0x" + "ab" * 32, desk.ts, 60_000_000_000))
+    desk.apply(AttestationAccepted(node, 1, 7, "0x" + "cd" * 32))
+    desk.apply(AttestationAccepted(node, 1, 8, "0x" + "ef" * 32))  # refused: a duplicate
+    (batch,) = desk.cut_batches()
+    assert batch.last_chunk
+    assert batch.attestations == [BatchAttestation(node, 1, 7, "0x" + "cd" * 32)]
+    assert desk.cut_batches() == []  # recorded once, committed once
