@@ -109,8 +109,8 @@ def digest_at(prefix: bytes, nonce: int) -> bytes:
 
 def digest(chain_id: int, registry: str, node: str, epoch: int, beacon: bytes,
            nonce: int) -> bytes:
-    """``UptimeRegistry.attestationDigest`` (the same as `chain_bridge.contracts.
-    attestation_digest`, without web3)."""
+    """``UptimeRegistry.attestationDigest``: keccak256 of "CMX-UPTIME" ‖ chain id (32 bytes)
+    ‖ registry address ‖ node address ‖ epoch (8 bytes) ‖ beacon (32 bytes) ‖ nonce (8)."""
     head = digest_head(chain_id, registry)
     return digest_at(digest_prefix(head, address_bytes(node), epoch, beacon), nonce)
 

@@ -16,7 +16,6 @@ import msgspec
 from eth_abi.abi import encode
 from eth_hash.auto import keccak
 from eth_typing import ChecksumAddress
-from eth_utils.address import to_canonical_address
 from web3 import Web3
 from web3.contract import Contract
 
@@ -34,7 +33,6 @@ BATCH_HEADER_TYPES = (
     "bytes32",  # attestationsRoot
     "bool",  # lastChunk
 )
-UPTIME_DOMAIN = b"CMX-UPTIME"
 
 
 class Artifact(msgspec.Struct, frozen=True, rename="camel"):
@@ -99,21 +97,3 @@ def batch_hash(
         last_chunk,
     )
     return keccak(encode(list(BATCH_HEADER_TYPES), list(header)))
-
-
-def attestation_digest(
-    chain_id: int, registry: str, node: str, epoch: int, beacon: bytes, nonce: int
-) -> bytes:
-    """``UptimeRegistry.attestationDigest``: keccak256 of "CMX-UPTIME" ‖ chain id (32 bytes) ‖
-    registry address ‖ node address ‖ epoch (8 bytes) ‖ beacon (32 bytes) ‖ nonce (8 bytes)."""
-    if len(beacon) != 32:
-        raise ValueError(f"a beacon is 32 bytes, got {len(beacon)}")
-    return keccak(
-        UPTIME_DOMAIN
-        + chain_id.to_bytes(32, "big")
-        + to_canonical_address(registry)
-        + to_canonical_address(node)
-        + epoch.to_bytes(8, "big")
-        + beacon
-        + nonce.to_bytes(8, "big")
-    )

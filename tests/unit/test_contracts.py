@@ -25,7 +25,8 @@ from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
-from chain_bridge.contracts import attestation_digest, batch_hash, contract_at, deploy
+from chain_bridge.attestation import digest as attestation_digest
+from chain_bridge.contracts import batch_hash, contract_at, deploy
 from chain_bridge.merkle import merkle_proof, merkle_root
 
 ZERO_HASH = bytes(32)
