@@ -169,6 +169,8 @@ def _status(args: argparse.Namespace) -> int:
               f"{status['last_credited_deposit_id']} credited in batches")
         print(f"reconciled       {'yes' if status['reconciled'] else 'NO'} "
               f"({status['accounts_checked']} account balances checked)")
+        print(f"uptime epoch     {status.get('epoch')} "
+              f"({status.get('attestations_accepted', 0)} attestations accepted since start)")
         for key in ("halted", "deposit_gap", "error"):
             if status.get(key):
                 print(f"{key:<16} {status[key]}")
