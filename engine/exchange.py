@@ -755,6 +755,18 @@ class Exchange:
             else:
                 self._close_delivery(delivery, *self.uptime.settlement(delivery))
 
+    def timer_due(self, ts: int) -> bool:
+        """Whether a `Timer` at ``ts`` would close a delivery window or halt or settle a
+        future (cheap: what runs the exchange's clock asks it every second). GTD orders are
+        not counted: a book expires them before its next command anyway."""
+        if self._delivery_queue and self._delivery_queue[0][0] <= ts:
+            return True
+        if self._attested_queue and self._attested_queue[0][0] + self.uptime.grace() <= ts:
+            return True
+        return any(not market.spot and not market.settled and (
+            ts >= market.month_end_ns if market.halted else ts >= market.last_trade_ns)
+            for market in self.markets.values())
+
     def _settle_delivery(self, cmd: SettleDelivery) -> None:
         delivery = self.deliveries.get(cmd.delivery_id)
         reason = None

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 
 import redis
 
-from engine.instruments import utc_today
+from engine.commands import Timer
+from engine.instruments import InstrumentError, utc_today
 from engine.journal import FsyncPolicy, Journal, JournalError
 from engine.recovery import RecoveryError, open_data_dir, recover, snapshot_store
 from engine.redis_journal import RedisStreamJournal
@@ -42,6 +43,8 @@ log = logging.getLogger("cmx.serve")
 
 DEFAULT_DATA_DIR = Path("cmx-data")
 MARKET_DATA_MS = 10
+CLOCK_S = 1.0
+"""How often the exchange's clock looks for a due `Timer`."""
 """Default interval of book, trade and ticker messages (see `Gateway.flush_market_data`)."""
 
 
@@ -106,6 +109,10 @@ def register(commands: Any) -> None:
     parser.add_argument("--listing-date", type=date.fromisoformat, default=None,
                         help="list the instruments of a NEW data directory from this date "
                         "(default today, UTC)")
+    parser.add_argument("--instruments", type=Path, default=None, metavar="FILE",
+                        help="list the instruments of a NEW data directory from this product "
+                        "file (default: the products of CONTRACTS.md shipped with CMX, "
+                        "engine/data/instruments.toml)")
     parser.add_argument("--market-data-ms", type=int, default=MARKET_DATA_MS,
                         help="send book, trade and ticker changes at most this often, "
                         f"coalesced (default {MARKET_DATA_MS}; 0 = after every command)")
@@ -118,12 +125,15 @@ def register(commands: Any) -> None:
 def open_sequencer(data_dir: Path, *, redis_url: str | None = None,
                    redis_stream: str = "cmx:serve:journal",
                    fsync: FsyncPolicy = FsyncPolicy.GROUP, snapshot_every: int = 100_000,
-                   listing_date: date | None = None) -> Sequencer:
-    """Recover the exchange of ``data_dir`` and its journal, ready to sequence."""
+                   listing_date: date | None = None,
+                   products: Path | None = None) -> Sequencer:
+    """Recover the exchange of ``data_dir`` and its journal, ready to sequence. A new data
+    directory lists its instruments from ``products`` (default: the shipped product file) as
+    of ``listing_date``; an existing one keeps those it began with."""
     listing = listing_date or utc_today()
 
     def instruments() -> Registry:
-        return Registry.load(listing_date=listing)
+        return Registry.load(products, listing_date=listing)
 
     journal: Journal
     if redis_url is None:
@@ -163,6 +173,7 @@ async def run(sequencer: Sequencer, host: str, port: int, *, demo: bool,
         fix = FixServer(acceptor, server.commit, host=host, port=fix_port)
         await fix.start()
         log.info("FIX 4.4 acceptor (CompID %s) on %s:%d", EXCHANGE_COMP_ID, host, fix.port)
+    clock = asyncio.create_task(run_clock(gateway, server.pump))
     demo_task = None
     if demo:
         from gateway.demo import run_demo  # noqa: PLC0415 (only the demo needs it)
@@ -171,6 +182,9 @@ async def run(sequencer: Sequencer, host: str, port: int, *, demo: bool,
     try:
         await stop.wait()
     finally:
+        clock.cancel()
+        with suppress(asyncio.CancelledError):
+            await clock
         if demo_task is not None:
             demo_task.cancel()
             with suppress(asyncio.CancelledError):
@@ -182,6 +196,17 @@ async def run(sequencer: Sequencer, host: str, port: int, *, demo: bool,
         await server.stop()
 
 
+async def run_clock(gateway: Gateway, pump: Callable[[], None],
+                    interval_s: float = CLOCK_S) -> None:
+    """The exchange's clock: every ``interval_s`` a `Timer` is sequenced if one is due (a
+    delivery window closes, a future halts or settles), so time passes without traders."""
+    while True:
+        await asyncio.sleep(interval_s)
+        if gateway.exchange.timer_due(gateway.clock()):
+            gateway.submit(Timer())
+            pump()
+
+
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -190,8 +215,10 @@ def _serve(args: argparse.Namespace) -> int:
                                    redis_stream=args.redis_stream,
                                    fsync=FsyncPolicy(args.fsync),
                                    snapshot_every=args.snapshot_every,
-                                   listing_date=args.listing_date)
-    except (RecoveryError, JournalError, SnapshotCorrupt, redis.RedisError) as exc:
+                                   listing_date=args.listing_date,
+                                   products=args.instruments)
+    except (InstrumentError, OSError, RecoveryError, JournalError, SnapshotCorrupt,
+            redis.RedisError) as exc:
         print(f"cmx serve: {exc}", file=sys.stderr)
         return 1
 

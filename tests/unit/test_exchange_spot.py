@@ -224,3 +224,22 @@ def test_a_delivered_fraction_outside_zero_to_one_is_refused() -> None:
         assert desk.apply(SettleDelivery(1, delivered, required)) == [
             CommandRejected("settle_delivery", "", 1, Reason.INVALID_AMOUNT)]
     assert len(desk.ex.deliveries) == 1
+
+
+def test_the_clock_is_due_exactly_when_a_window_closes_or_a_future_halts() -> None:
+    desk = market_with_seller()
+    window_end = DEC_1 + 2 * HOUR
+    assert not desk.ex.timer_due(window_end)  # nothing sold yet
+    desk.rest(BOB, GPU_SPOT, SELL, 3, 2600)
+    desk.place(ALICE, GPU_SPOT, BUY, 3, 2600)
+    assert not desk.ex.timer_due(window_end - 1)
+    assert desk.ex.timer_due(window_end)
+    desk.timer(window_end)
+    assert not desk.ex.timer_due(window_end + 1)
+    future = min((m for m in desk.ex.markets.values() if not m.spot),
+                 key=lambda m: m.last_trade_ns)
+    assert not desk.ex.timer_due(future.last_trade_ns - 1)
+    assert desk.ex.timer_due(future.last_trade_ns)
+    desk.timer(future.last_trade_ns)
+    assert future.halted and not desk.ex.timer_due(future.month_end_ns - 1)
+    assert desk.ex.timer_due(future.month_end_ns)  # settles at the first Timer with a fix
