@@ -11,6 +11,7 @@ rooted the same way in the batch's ``attestationsRoots(batchId)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from eth_abi.abi import encode
@@ -57,19 +58,34 @@ def attestation_leaf(attestation: BatchAttestation) -> bytes:
                                              bytes.fromhex(attestation.digest[2:])]))
 
 
-def attestations_root(batch: ClearingBatch) -> bytes:
-    """The Merkle root of the attestations the batch commits (zero when none)."""
-    return merkle_root([attestation_leaf(a) for a in batch.attestations])
+def attestation_leaves(attestations: Sequence[BatchAttestation]) -> list[bytes]:
+    """The Merkle leaves of ``attestations``, in order."""
+    return [attestation_leaf(a) for a in attestations]
 
 
-def attestation_proof(batch: ClearingBatch, node: str, epoch: int,
-                      ) -> tuple[bytes, list[bytes]]:
-    """The leaf of one of the batch's attestations and its Merkle proof."""
-    leaves = [attestation_leaf(a) for a in batch.attestations]
-    for index, attestation in enumerate(batch.attestations):
+def attestations_root(batch: ClearingBatch | Sequence[BatchAttestation]) -> bytes:
+    """The Merkle root of the attestations a batch commits (zero when none): those of
+    ``batch``, or the list given (a batch's ``attestations``, as `AttestationArchive` keeps
+    them)."""
+    return merkle_root(attestation_leaves(_attestations(batch)))
+
+
+def attestation_proof(batch: ClearingBatch | Sequence[BatchAttestation], node: str,
+                      epoch: int) -> tuple[bytes, list[bytes]]:
+    """The leaf of one of a batch's attestations and its Merkle proof, from the batch or from
+    its ``attestations`` list."""
+    attestations = _attestations(batch)
+    leaves = attestation_leaves(attestations)
+    for index, attestation in enumerate(attestations):
         if attestation.node == node.lower() and attestation.epoch == epoch:
             return leaves[index], merkle_proof(leaves, index)
-    raise KeyError(f"no attestation of {node} for epoch {epoch} in batch {batch.batch_id}")
+    where = f"batch {batch.batch_id}" if isinstance(batch, ClearingBatch) else "the batch"
+    raise KeyError(f"no attestation of {node} for epoch {epoch} in {where}")
+
+
+def _attestations(batch: ClearingBatch | Sequence[BatchAttestation],
+                  ) -> Sequence[BatchAttestation]:
+    return batch.attestations if isinstance(batch, ClearingBatch) else batch
 
 
 def settle_arguments(batch: ClearingBatch, prev_hash: bytes) -> list[Any]:

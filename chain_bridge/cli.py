@@ -1,7 +1,7 @@
-"""``cmx deposit`` and ``cmx chain status``: against a running `cmx serve`, found with
-``--host``/``--port``, whichever chain it uses; and ``cmx node-agent``. (web3 is imported
-only by ``deposit``, the agent's modules only by the agent: every `cmx` command builds this
-parser.)"""
+"""``cmx deposit``, ``cmx chain status`` and ``cmx chain proof``: against a running `cmx
+serve`, found with ``--host``/``--port``, whichever chain it uses; and ``cmx node-agent``.
+(web3 is imported only by the commands that use it, the agent's modules only by the agent:
+every `cmx` command builds this parser.)"""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -54,7 +55,7 @@ def register(commands: Any) -> None:
                                help="GPU count, or kW for a rack controller")
     register_node.set_defaults(handler=_register_node)
 
-    chain = commands.add_parser("chain", help="the exchange's chain: status")
+    chain = commands.add_parser("chain", help="the exchange's chain: status, attestation proofs")
     sub = chain.add_subparsers(dest="chain_command", metavar="COMMAND", required=True)
     status = sub.add_parser("status", help="contracts, batches, deposits, reconciliation",
                             description="What the running exchange's chain bridge reports: "
@@ -63,6 +64,19 @@ def register(commands: Any) -> None:
     _server_options(status)
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=_status)
+    proof = sub.add_parser(
+        "proof", help="prove a node's attestation for an epoch against the chain",
+        description="Fetches the archived attestation of NODE for EPOCH and the Merkle proof "
+        "of its place in the clearing batch that committed it, recomputes its leaf and "
+        "digest and checks the proof here, then has the chain check the attestation "
+        "(UptimeRegistry.verifyAttestation) and the proof against the batch's attestations "
+        "root (ClearingHouse.verifyProof). Exit status 0 if every check passes, 2 if one "
+        "fails, 1 if it cannot be checked (unknown, not yet in a settled batch, no server).")
+    _server_options(proof)
+    proof.add_argument("--node", required=True, metavar="ADDRESS", help="the node's address")
+    proof.add_argument("--epoch", required=True, type=int, help="the uptime epoch")
+    proof.add_argument("--json", action="store_true", help="print JSON")
+    proof.set_defaults(handler=_proof)
     _register_node_agent(commands)
 
 
@@ -133,6 +147,132 @@ def chain_status(host: str, port: int) -> dict[str, Any]:
         raise ConnectionError(f"{url}: {exc}") from exc
     except OSError as exc:
         raise ConnectionError(f"cannot reach cmx serve at {host}:{port}: {exc}") from exc
+
+
+def chain_proof(host: str, port: int, node: str, epoch: int) -> dict[str, Any] | None:
+    """``/api/chain/proof`` of ``node`` for ``epoch`` (`AttestationArchive.proof`); None if the
+    server has archived no such attestation (`ConnectionError` if it cannot tell)."""
+    query = urllib.parse.urlencode({"node": node, "epoch": epoch})
+    url = f"http://{host}:{port}/api/chain/proof?{query}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            found: dict[str, Any] = json.loads(response.read())
+            return found
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            if exc.headers.get_content_type() == "application/json":
+                return None  # the route answered: nothing archived
+            raise ConnectionError(f"the server at {host}:{port} runs without a chain, or "
+                                  "keeps no attestation proofs") from exc
+        raise ConnectionError(f"{url}: {exc}") from exc
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach cmx serve at {host}:{port}: {exc}") from exc
+
+
+PROOF_CHECKS = {
+    "leaf": "leaf recomputed from the fields",
+    "digest": "digest recomputed from the fields",
+    "local_proof": "the proof leads from the leaf to the root, checked here",
+    "root_on_chain": "the root is the batch's attestationsRoots on chain",
+    "attestation_on_chain": "UptimeRegistry.verifyAttestation",
+    "proof_on_chain": "ClearingHouse.verifyProof against the on-chain root",
+}
+"""The checks of `check_proof`, and what each means."""
+
+
+def check_proof(url: str, found: dict[str, Any]) -> dict[str, bool | None]:
+    """The checks (`PROOF_CHECKS`) of an archived proof ``found`` (`chain_proof`, not
+    pending), the on-chain ones through the server's ``/chain`` at ``url``: True or False,
+    None when it cannot be made (no beacon or signature archived). `ValueError` for a
+    malformed field, `ChainError` if the server refuses."""
+    from chain_bridge.attestation import digest  # noqa: PLC0415 (web3: only here)
+    from chain_bridge.batches import attestation_leaf  # noqa: PLC0415
+    from chain_bridge.merkle import verify_proof  # noqa: PLC0415
+    from chain_bridge.wallet import WalletClient  # noqa: PLC0415
+    from engine.clearing import BatchAttestation  # noqa: PLC0415
+
+    def raw(value: Any, name: str) -> bytes:
+        if not isinstance(value, str) or not value.startswith("0x"):
+            raise ValueError(f"the server's {name} is not 0x hex: {value!r}")
+        return bytes.fromhex(value[2:])
+
+    node, epoch, nonce = found["node"], found["epoch"], found["nonce"]
+    if not isinstance(node, str) or len(raw(node, "node")) != 20 or \
+            not all(type(n) is int and 0 <= n < 2**64 for n in (epoch, nonce)) or \
+            len(raw(found["digest"], "digest")) != 32:
+        raise ValueError(f"the server's proof is malformed: {found}")
+    leaf = attestation_leaf(BatchAttestation(node, epoch, nonce, found["digest"]))
+    root = raw(found["root"], "root")
+    proof = [raw(sibling, "proof") for sibling in found["proof"]]
+    client = WalletClient(url)
+    info = client.request({"op": "info"})
+    complete = found.get("beacon") is not None and found.get("signature") is not None
+    checks: dict[str, bool | None] = {
+        "leaf": leaf == raw(found["leaf"], "leaf"),
+        "digest": None,
+        "local_proof": verify_proof(root, leaf, proof),
+    }
+    if complete:
+        again = digest(int(info["chain_id"]), info["registry"], node, epoch,
+                       raw(found["beacon"], "beacon"), nonce)
+        checks["digest"] = again == raw(found["digest"], "digest")
+    reply = client.request({
+        "op": "verify_attestation", "node": node, "epoch": epoch,
+        "beacon": found["beacon"] if complete else "0x" + "00" * 32, "nonce": nonce,
+        "signature": found["signature"] if complete else "0x", "batch_id": found["batch_id"],
+        "leaf": "0x" + leaf.hex(), "proof": found["proof"]})
+    checks["root_on_chain"] = reply["root"] == "0x" + root.hex()
+    checks["attestation_on_chain"] = bool(reply["attestation_valid"]) if complete else None
+    checks["proof_on_chain"] = bool(reply["proof_valid"])
+    return checks
+
+
+def _proof(args: argparse.Namespace) -> int:
+    from chain_bridge.chain import ChainError  # noqa: PLC0415 (web3: only here)
+
+    node = args.node.lower()
+    what = f"the attestation of {node} for epoch {args.epoch}"
+    try:
+        found = chain_proof(args.host, args.port, node, args.epoch)
+        if found is None:
+            print(f"cmx chain proof: {what} is unknown to the server (never accepted, or "
+                  "accepted before it kept an archive)", file=sys.stderr)
+            return 1
+        if found.get("pending"):
+            if args.json:
+                print(json.dumps(found, indent=2, sort_keys=True))
+            print(f"cmx chain proof: {what} was accepted but no batch settled on chain "
+                  "commits it yet: try again after the next batch", file=sys.stderr)
+            return 1
+        checks = check_proof(f"ws://{args.host}:{args.port}/chain", found)
+    except (ConnectionError, ValueError, KeyError, TypeError, ChainError) as exc:
+        print(f"cmx chain proof: {exc!s}", file=sys.stderr)
+        return 1
+    passed = all(checks.values())
+    unknown = None in checks.values()
+    if args.json:
+        print(json.dumps({**found, "checks": checks, "passed": passed}, indent=2,
+                         sort_keys=True))
+    else:
+        print(f"attestation      {found['node']} epoch {found['epoch']} (nonce "
+              f"{found['nonce']})")
+        print(f"batch            {found['batch_id']}")
+        print(f"leaf             {found['leaf']}")
+        print(f"root             {found['root']}")
+        siblings = len(found["proof"])
+        print(f"proof            {siblings} sibling hash{'' if siblings == 1 else 'es'}")
+        for name, meaning in PROOF_CHECKS.items():
+            verdict = {True: "passed", False: "FAILED", None: "not checked"}[checks[name]]
+            print(f"{name.replace('_', ' '):<21}{verdict:<12}({meaning})")
+        if passed:
+            print("all checks passed")
+        elif unknown and False not in checks.values():
+            print("not every check could be made: the archive lacks the beacon or signature")
+        else:
+            print("CHECKS FAILED: " + ", ".join(n for n, ok in checks.items() if ok is False))
+    if passed:
+        return 0
+    return 1 if False not in checks.values() else 2
 
 
 def _deposit(args: argparse.Namespace) -> int:

@@ -11,8 +11,10 @@ Every chain call runs on one thread of its own, so the event loop never waits on
 each round the loop hands the bridge a view of the engine, the bridge answers with commands
 to sequence. Clearing cuts are sequenced every ``--batch-interval`` seconds, or sooner once
 ``--batch-fills`` fills wait. The server gains ``/api/chain`` (what ``cmx chain status``
-shows), ``/api/chain/withdrawal?id=N`` and the websocket path ``/chain`` through which
-``cmx deposit`` reaches the chain, whichever it is (`chain_bridge.wallet`).
+shows), ``/api/chain/withdrawal?id=N``, ``/api/chain/proof?node=A&epoch=N`` (what ``cmx
+chain proof`` checks, from the attestation archive ``chain/attestations.jsonl``,
+`chain_bridge.archive`) and the websocket path ``/chain`` through which ``cmx deposit``
+reaches the chain, whichever it is (`chain_bridge.wallet`).
 """
 
 from __future__ import annotations
@@ -38,13 +40,20 @@ from websockets.exceptions import ConnectionClosed
 
 from chain_bridge import deployment as deployments
 from chain_bridge.anvil import AnvilNode
+from chain_bridge.archive import AttestationArchive
 from chain_bridge.attestation import DEFAULT_DIFFICULTY, Attestation
 from chain_bridge.bridge import ChainBridge, EngineView
 from chain_bridge.chain import ETHER, Chain, ChainError, embedded, rpc
 from chain_bridge.collector import Collector
 from chain_bridge.deployment import Deployment
 from chain_bridge.wallet import WalletDesk
-from engine.commands import AttestationAccepted, ClearingCut, ExchangeCommand, OpenEpoch
+from engine.commands import (
+    AttestationAccepted,
+    BatchConfirmed,
+    ClearingCut,
+    ExchangeCommand,
+    OpenEpoch,
+)
 from engine.exchange import Exchange
 from engine.keys import dev_keys, read_key
 from engine.ledger import INSURANCE_FUND
@@ -114,6 +123,7 @@ class ChainService:
         self.epoch_ns = int(args.epoch_seconds * 1_000_000_000)
         self.collector: Collector | None = None
         self.attestations_accepted = 0
+        self.archive: AttestationArchive | None = None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -130,6 +140,7 @@ class ChainService:
         self._status = await self._call(self._status_now)
         self.server.routes["/api/chain"] = lambda _query: self._status
         self.server.routes["/api/chain/withdrawal"] = self._withdrawal
+        self.server.routes["/api/chain/proof"] = self._proof
         self.server.socket_routes["/chain"] = self._wallet
         self.gateway.attest_handler = self._attest
         self._task = asyncio.create_task(self._loop())
@@ -183,6 +194,7 @@ class ChainService:
             0 if chain.local else 12
         self.bridge = ChainBridge(chain, found, operator, confirmations=confirmations)
         self.desk = WalletDesk(chain, found)
+        self.archive = AttestationArchive(self.dir / "attestations.jsonl")
         target = int(self.bridge.registry.functions.target().call())
         self.collector = Collector(chain_id=chain.chain_id, registry=found.registry,
                                    target=target, epoch_ns=self.epoch_ns)
@@ -287,6 +299,8 @@ class ChainService:
                 log.exception("chain bridge round failed")
                 commands = []
             for command in commands:
+                if isinstance(command, BatchConfirmed):
+                    self._archive_batch(view, command.batch_id)
                 self.gateway.submit(command)
             if commands:
                 self.server.pump()
@@ -326,6 +340,12 @@ class ChainService:
         verdict = self.collector.submit(attestation, now_ns)
         if verdict.reason is not None:
             return verdict.reason.value, verdict.detail
+        assert self.archive is not None
+        try:  # its beacon and signature, for proofs; the uptime counts even if this fails
+            self.archive.accepted(attestation, verdict.digest)
+        except OSError:
+            log.exception("attestation archive: %s epoch %d not recorded", attestation.node,
+                          attestation.epoch)
         self.gateway.submit(AttestationAccepted(attestation.node, attestation.epoch,
                                                 attestation.nonce, verdict.digest))
         self.server.pump()
@@ -347,6 +367,24 @@ class ChainService:
         withdrawal_id = int(query["id"])
         block = bridge.paid_withdrawals.get(withdrawal_id)
         return {"withdrawal_id": withdrawal_id, "paid": block is not None, "block": block}
+
+    def _archive_batch(self, view: EngineView, batch_id: int) -> None:
+        """The archive records a batch the chain confirmed, before the engine drops it."""
+        assert self.archive is not None
+        for batch in view.unconfirmed:
+            if batch.batch_id == batch_id:
+                try:  # clearing goes on without it: only proofs are lost
+                    self.archive.confirmed(batch)
+                except OSError:
+                    log.exception("attestation archive: batch %d not recorded", batch_id)
+                return
+
+    def _proof(self, query: dict[str, str]) -> dict[str, Any] | None:
+        """``/api/chain/proof?node=A&epoch=N``: `AttestationArchive.proof` (None: 404)."""
+        node, epoch = query.get("node", ""), query.get("epoch", "")
+        if self.archive is None or not epoch.isdigit():
+            return None
+        return self.archive.proof(node, int(epoch))
 
     async def _wallet(self, connection: ServerConnection) -> None:
         """``/chain``: one JSON request per frame, answered in order (`WalletDesk`)."""

@@ -5,7 +5,9 @@ chain thread): ``{"op": "info"}`` (chain id, contract addresses, fees),
 ``{"op": "account", "address": A}`` (nonce, ether, test USDC, allowance, settled balance) and
 ``{"op": "send", "raw": "0x..."}`` (a transaction signed by the user: simulated first, so a
 revert comes back with the contract's reason and is never sent; else sent, and answered with
-its receipt). Keys never leave the user's machine: `deposit` signs locally.
+its receipt) and ``{"op": "verify_attestation", ...}`` (the chain's own checks of an archived
+attestation and its Merkle proof, `WalletDesk.verify_attestation`). Keys never leave the
+user's machine: `deposit` signs locally.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ from chain_bridge.deployment import Deployment
 APPROVE_GAS = 80_000
 DEPOSIT_GAS = 120_000
 REGISTER_GAS = 200_000
+MAX_UINT64 = 2**64 - 1
+MAX_PROOF = 64
+"""Siblings a ``verify_attestation`` proof may have (a tree of 2**64 leaves has 64 levels)."""
+MAX_SIGNATURE = 1024
+"""Bytes a ``verify_attestation`` signature may have (a valid one has 65; others are checked,
+and found invalid, by the contract)."""
 
 
 class WalletDesk:
@@ -39,6 +47,7 @@ class WalletDesk:
         self.deployment = deployment
         self.token = chain.contract("CollateralToken", deployment.token)
         self.house = chain.contract("ClearingHouse", deployment.clearing_house)
+        self.registry = chain.contract("UptimeRegistry", deployment.registry)
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         """The reply to one request (``{"error": ...}`` for a bad one)."""
@@ -50,9 +59,13 @@ class WalletDesk:
                 return self.account(request["address"])
             if op == "send" and isinstance(request.get("raw"), str):
                 return self.send(request["raw"])
+            if op == "verify_attestation":
+                return self.verify_attestation(request)
         except (ValueError, ChainError) as exc:
             return {"error": str(exc)}
-        return {"error": "expected {op: info | account (address) | send (raw)}"}
+        return {"error": "expected {op: info | account (address) | send (raw) | "
+                "verify_attestation (node, epoch, beacon, nonce, signature, batch_id, leaf, "
+                "proof)}"}
 
     def info(self) -> dict[str, Any]:
         """The chain and the contracts."""
@@ -77,6 +90,34 @@ class WalletDesk:
             "settled_balance": int(self.house.functions.balanceOf(who).call()),
         }
 
+    def verify_attestation(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The chain's checks of one attestation and of its place in a batch:
+        ``attestation_valid`` (``UptimeRegistry.verifyAttestation`` of node, epoch, beacon,
+        nonce, signature), ``root`` (``attestationsRoots(batch_id)``, 0x hex: zero for a
+        batch not settled) and ``proof_valid`` (``ClearingHouse.verifyProof`` of that root,
+        ``leaf`` and ``proof``). Hex fields are 0x hex; `ValueError` for a malformed one."""
+        node = request.get("node")
+        if not isinstance(node, str) or not Web3.is_address(node):
+            raise ValueError(f"node: not an address: {node!r}")
+        epoch = _uint64(request, "epoch")
+        nonce = _uint64(request, "nonce")
+        batch_id = _uint64(request, "batch_id")
+        beacon = _hex(request.get("beacon"), "beacon", 32)
+        signature = _hex(request.get("signature"), "signature", None)
+        if len(signature) > MAX_SIGNATURE:
+            raise ValueError(f"signature: more than {MAX_SIGNATURE} bytes")
+        leaf = _hex(request.get("leaf"), "leaf", 32)
+        proof = request.get("proof")
+        if not isinstance(proof, list) or len(proof) > MAX_PROOF:
+            raise ValueError(f"proof: a list of at most {MAX_PROOF} 32-byte hashes")
+        siblings = [_hex(sibling, "proof", 32) for sibling in proof]
+        valid = self.registry.functions.verifyAttestation(
+            Web3.to_checksum_address(node), epoch, beacon, nonce, signature).call()
+        root = bytes(self.house.functions.attestationsRoots(batch_id).call())
+        proved = self.house.functions.verifyProof(root, leaf, siblings).call()
+        return {"attestation_valid": bool(valid), "root": "0x" + root.hex(),
+                "proof_valid": bool(proved)}
+
     def send(self, raw_hex: str) -> dict[str, Any]:
         """Simulate, then send, a signed transaction; its receipt."""
         raw = bytes.fromhex(raw_hex.removeprefix("0x"))
@@ -94,6 +135,26 @@ class WalletDesk:
                                                                  poll_latency=0.05)
         return {"tx": tx_hash.to_0x_hex(), "status": int(receipt["status"]),
                 "block": int(receipt["blockNumber"])}
+
+
+def _uint64(request: dict[str, Any], name: str) -> int:
+    value = request.get(name)
+    if type(value) is not int or not 0 <= value <= MAX_UINT64:
+        raise ValueError(f"{name}: not a uint64: {value!r}")
+    return value
+
+
+def _hex(value: Any, name: str, size: int | None) -> bytes:
+    """The bytes of 0x hex ``value`` (of ``size`` bytes, unless None)."""
+    if not isinstance(value, str) or not value.startswith("0x"):
+        raise ValueError(f"{name}: not 0x hex: {value!r}")
+    try:
+        raw = bytes.fromhex(value[2:])
+    except ValueError:
+        raise ValueError(f"{name}: not 0x hex: {value!r}") from None
+    if size is not None and len(raw) != size:
+        raise ValueError(f"{name}: expected {size} bytes, got {len(raw)}")
+    return raw
 
 
 class WalletClient:

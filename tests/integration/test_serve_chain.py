@@ -19,6 +19,7 @@ from websockets.sync.client import connect
 
 from chain_bridge.anvil import AnvilNode
 from chain_bridge.chain import ETHER, rpc
+from chain_bridge.cli import chain_proof
 from chain_bridge.deployment import deploy, save
 from chain_bridge.wallet import WalletClient
 from engine.keys import dev_keys
@@ -234,3 +235,30 @@ def test_a_registered_node_attests_every_epoch_through_the_agent(
     wait_for("an attestations root on chain", lambda: any(
         root != "0x" + "00" * 32 for root in chain_status(serve.port)["attestation_roots"]
         .values()))
+    # `cmx chain proof` proves an epoch whose batch settled, here and on chain
+    settled: list[int] = []
+
+    def a_settled_epoch() -> bool:
+        last = chain_status(serve.port)["epoch"]
+        for epoch in range(last, last - 300, -1):
+            found = chain_proof("127.0.0.1", serve.port, node, epoch)
+            if found is not None and not found["pending"]:
+                settled.append(epoch)
+                return True
+        return False
+
+    wait_for("an attestation proof from a settled batch", a_settled_epoch)
+    proof = cmx("chain", "proof", "--node", node, "--epoch", str(settled[0]), "--port",
+                str(serve.port))
+    assert proof.returncode == 0, proof.stdout + proof.stderr
+    assert "all checks passed" in proof.stdout
+    for check in ("local proof", "attestation on chain", "proof on chain"):
+        assert any(line.startswith(check) and "passed" in line
+                   for line in proof.stdout.splitlines()), (check, proof.stdout)
+    as_json = cmx("chain", "proof", "--node", node, "--epoch", str(settled[0]), "--port",
+                  str(serve.port), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["passed"] is True and all(report["checks"].values())
+    unknown = cmx("chain", "proof", "--node", node, "--epoch", "1", "--port", str(serve.port))
+    assert unknown.returncode == 1 and "unknown" in unknown.stderr
