@@ -46,6 +46,7 @@ from chain_bridge.bridge import ChainBridge, EngineView
 from chain_bridge.chain import ETHER, Chain, ChainError, embedded, rpc
 from chain_bridge.collector import Collector
 from chain_bridge.deployment import Deployment
+from chain_bridge.providers import UptimeHistory, providers_report
 from chain_bridge.wallet import WalletDesk
 from engine.commands import (
     AttestationAccepted,
@@ -123,6 +124,8 @@ class ChainService:
         self.epoch_ns = int(args.epoch_seconds * 1_000_000_000)
         self.collector: Collector | None = None
         self.attestations_accepted = 0
+        self.history = UptimeHistory()  # what /api/providers reports uptime from
+        self._observed = 0.0  # time.monotonic() of the history's last look at the engine
         self.archive: AttestationArchive | None = None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -140,6 +143,8 @@ class ChainService:
         self._status = await self._call(self._status_now)
         self.server.routes["/api/chain"] = lambda _query: self._status
         self.server.routes["/api/chain/withdrawal"] = self._withdrawal
+        self.server.routes["/api/providers"] = lambda _query: providers_report(
+            self.gateway.exchange, self.history, time.time_ns())
         self.server.routes["/api/chain/proof"] = self._proof
         self.server.socket_routes["/chain"] = self._wallet
         self.gateway.attest_handler = self._attest
@@ -285,6 +290,9 @@ class ChainService:
             self._maybe_cut()
             exchange = self.gateway.exchange
             clearing, uptime = exchange.clearing, exchange.uptime
+            if time.monotonic() - self._observed >= 1.0:  # before the engine forgets any
+                self._observed = time.monotonic()
+                self.history.observe(uptime)
             view = EngineView(max(exchange.deposits_seen, default=0),
                               frozenset(clearing.forced_seen), tuple(clearing.unconfirmed),
                               frozenset(uptime.nodes),

@@ -215,13 +215,15 @@ class ExchangeServer:
         return _response(HTTPStatus.OK, content_type, (STATIC / name).read_bytes())
 
     def status(self) -> dict[str, Any]:
-        """What ``/api/status`` answers."""
+        """What ``/api/status`` answers. ``routes`` lists the JSON paths other parts added:
+        the page asks only for those it finds there (a 404 would show as a console error)."""
         exchange = self.gateway.exchange
         status: dict[str, Any] = {
             "last_seq": exchange.last_seq,
             "durable_seq": self.gateway.sequencer.journal.durable_seq,
             "connections": len(self.connections),
             "instruments": len(exchange.markets),
+            "routes": sorted(self.routes),
         }
         if self._status is not None:
             status.update(self._status())

@@ -1,8 +1,10 @@
 // The CMX market page: instruments, a price ladder checked by seq and checksum, a depth
-// chart, recent trades and the ticker, all live over the public websocket API on this host.
+// chart, recent trades and the ticker, all live over the public websocket API on this host;
+// with a chain, the providers panel below them (providers.js).
 
 import { LocalBook, bookChecksum, crc32 } from "./book.js";
 import { DepthChart } from "./depth.js";
+import { ProvidersView } from "./providers.js";
 
 const DEFAULT_SYMBOL = "GPU.H100.SPOT";
 const BOOK_DEPTH = 25;
@@ -461,3 +463,4 @@ window.cmx = { crc32, bookChecksum, state };
 renderHeader();
 renderTrades();
 connect();
+new ProvidersView().start();
