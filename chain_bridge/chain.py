@@ -84,7 +84,7 @@ class Chain:
             limit = int(self.w3.eth.get_block("latest")["gasLimit"])
             tx = call.build_transaction({**params, "gas": min(gas + gas // 5 + 30_000, limit)})
         except (ContractLogicError, TransactionFailed) as exc:  # from a node / from py-evm
-            raise RevertedError(what, _reason(exc)) from exc
+            raise RevertedError(what, revert_reason(exc)) from exc
         return self._send(sender, tx, what)
 
     def deploy(self, sender: LocalAccount, name: str, *args: Any) -> ChecksumAddress:
@@ -174,7 +174,7 @@ class Chain:
             raise ChainError(f"cannot fund {address} on a {self.kind} chain")
 
 
-def _reason(exc: ContractLogicError | TransactionFailed) -> str:
+def revert_reason(exc: ContractLogicError | TransactionFailed) -> str:
     message = str(exc.message or exc) if isinstance(exc, ContractLogicError) else str(exc)
     return message.removeprefix("execution reverted: ").removeprefix("execution reverted")
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,10 @@ from typing import Any
 from engine.keys import read_key
 
 MICRO = 10**6
+DEREGISTER_NOTICE_S = 60
+"""The default notice of a deregistration with no delivery sold on the node."""
+DEREGISTER_MINING_S = 15
+"""How far past the chain's latest block a deregistration must take effect."""
 
 
 def register(commands: Any) -> None:
@@ -54,6 +61,22 @@ def register(commands: Any) -> None:
     register_node.add_argument("--units", type=int, required=True,
                                help="GPU count, or kW for a rack controller")
     register_node.set_defaults(handler=_register_node)
+    deregister = provider_sub.add_parser(
+        "deregister-node", help="deregister a node, with notice",
+        description="Ends NODE's activity in the UptimeRegistry at --at (default: when the "
+        "last delivery window already sold on it ends, or in a minute if none). From then it "
+        "sells no window ending later; a time before the end of windows already sold on it is "
+        "refused unless --force (those epochs would count as undelivered, and the buyers be "
+        "compensated from the provider's bond). A deregistration can only be brought forward.")
+    _server_options(deregister)
+    deregister.add_argument("--key", required=True, metavar="KEY_OR_FILE",
+                            help="the provider account's private key (hex, or a file)")
+    deregister.add_argument("--node", required=True, help="the node's address")
+    deregister.add_argument("--at", type=_utc_time, default=None, metavar="TIME",
+                            help="when, as an ISO 8601 time (UTC unless it says otherwise)")
+    deregister.add_argument("--force", action="store_true",
+                            help="even before the end of windows already sold on the node")
+    deregister.set_defaults(handler=_deregister_node)
 
     chain = commands.add_parser("chain", help="the exchange's chain: status, attestation proofs")
     sub = chain.add_subparsers(dest="chain_command", metavar="COMMAND", required=True)
@@ -120,6 +143,21 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8765, help="its port (default 8765)")
 
 
+def _utc_time(text: str) -> int:
+    """An ISO 8601 time as Unix seconds (rounded up; UTC unless it names its offset)."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return math.ceil(when.timestamp())
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
 def micro_usdc(text: str) -> int:
     """``text`` USDC in micro-USDC (at most 6 decimals, positive)."""
     try:
@@ -152,8 +190,13 @@ def chain_status(host: str, port: int) -> dict[str, Any]:
 def chain_proof(host: str, port: int, node: str, epoch: int) -> dict[str, Any] | None:
     """``/api/chain/proof`` of ``node`` for ``epoch`` (`AttestationArchive.proof`); None if the
     server has archived no such attestation (`ConnectionError` if it cannot tell)."""
-    query = urllib.parse.urlencode({"node": node, "epoch": epoch})
-    url = f"http://{host}:{port}/api/chain/proof?{query}"
+    return _get_json(host, port, "/api/chain/proof", {"node": node, "epoch": epoch})
+
+
+def _get_json(host: str, port: int, path: str, query: dict[str, Any]) -> dict[str, Any] | None:
+    """A JSON route of the server's chain bridge; None if it answered "not found"
+    (`ConnectionError` if the server cannot tell: unreachable, or without a chain)."""
+    url = f"http://{host}:{port}{path}?{urllib.parse.urlencode(query)}"
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             found: dict[str, Any] = json.loads(response.read())
@@ -161,9 +204,9 @@ def chain_proof(host: str, port: int, node: str, epoch: int) -> dict[str, Any] |
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             if exc.headers.get_content_type() == "application/json":
-                return None  # the route answered: nothing archived
+                return None  # the route answered: no such thing
             raise ConnectionError(f"the server at {host}:{port} runs without a chain, or "
-                                  "keeps no attestation proofs") from exc
+                                  f"has no {path}") from exc
         raise ConnectionError(f"{url}: {exc}") from exc
     except OSError as exc:
         raise ConnectionError(f"cannot reach cmx serve at {host}:{port}: {exc}") from exc
@@ -329,4 +372,45 @@ def _register_node(args: argparse.Namespace) -> int:
         return 1
     print(f"node {args.node.lower()} registered ({args.node_class}, {args.units} units): "
           f"transaction {receipt['tx']} in block {receipt['block']}")
+    return 0
+
+
+def _deregister_node(args: argparse.Namespace) -> int:
+    from chain_bridge.chain import ChainError  # noqa: PLC0415 (web3: only here)
+    from chain_bridge.wallet import chain_time, deregister_node  # noqa: PLC0415
+
+    node = args.node.lower()
+    try:
+        info = _get_json(args.host, args.port, "/api/chain/node", {"node": node})
+    except ConnectionError as exc:
+        print(f"cmx provider deregister-node: {exc}", file=sys.stderr)
+        return 1
+    if info is None:
+        print(f"cmx provider deregister-node: the exchange knows no node {node}",
+              file=sys.stderr)
+        return 1
+    sold_until = info["sold_until_ns"]
+    held = -(-sold_until // 1_000_000_000) if sold_until is not None else None
+    if args.at is not None and held is not None and args.at < held and not args.force:
+        print(f"cmx provider deregister-node: deliveries already sold hold {node} until "
+              f"{_iso(held)}; give --at {_iso(held)} or later, or --force",
+              file=sys.stderr)
+        return 1
+    url = f"ws://{args.host}:{args.port}/chain"
+    try:
+        # not before the chain's clock (the registry refuses the past), with room to be mined
+        earliest = chain_time(url) + DEREGISTER_MINING_S
+        if args.at is not None and args.at < earliest:
+            print(f"cmx provider deregister-node: {_iso(args.at)} is too soon for the chain "
+                  f"(its clock is at {_iso(earliest - DEREGISTER_MINING_S)}); give "
+                  f"--at {_iso(earliest)} or later", file=sys.stderr)
+            return 1
+        at = args.at if args.at is not None else \
+            max(held or math.ceil(time.time()) + DEREGISTER_NOTICE_S, earliest)
+        receipt = deregister_node(url, read_key(args.key), node, at)
+    except (ValueError, ChainError) as exc:
+        print(f"cmx provider deregister-node: {exc}", file=sys.stderr)
+        return 1
+    print(f"node {node} deregistered from {_iso(at)}: transaction {receipt['tx']} in block "
+          f"{receipt['block']}")
     return 0

@@ -146,6 +146,7 @@ class ChainService:
         self.server.routes["/api/providers"] = lambda _query: providers_report(
             self.gateway.exchange, self.history, time.time_ns())
         self.server.routes["/api/chain/proof"] = self._proof
+        self.server.routes["/api/chain/node"] = self._node
         self.server.socket_routes["/chain"] = self._wallet
         self.gateway.attest_handler = self._attest
         self._task = asyncio.create_task(self._loop())
@@ -367,6 +368,20 @@ class ChainService:
             self._last_cut = now
             self.gateway.submit(ClearingCut())
             self.server.pump()
+
+    def _node(self, query: dict[str, str]) -> dict[str, Any] | None:
+        """A registered node as the engine knows it, and until when deliveries already sold
+        hold it (``sold_until_ns``: the latest end of an open delivery window allocated to
+        it, None if none), for ``cmx provider deregister-node``."""
+        exchange = self.gateway.exchange
+        node = exchange.uptime.nodes.get(query.get("node", "").lower())
+        if node is None:
+            return None
+        ends = [d.window_end for d in exchange.deliveries.values()
+                if any(held == node.node for held, _ in d.allocation or ())]
+        return {"node": node.node, "provider": node.provider, "underlying": node.underlying,
+                "units": node.units, "deregistered_at_ns": node.deregistered_at,
+                "sold_until_ns": max(ends, default=None)}
 
     def _withdrawal(self, query: dict[str, str]) -> dict[str, Any] | None:
         bridge = self.bridge

@@ -18,13 +18,14 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_account.typed_transactions.typed_transaction import TypedTransaction
+from eth_tester.exceptions import TransactionFailed
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import ContractLogicError
 from web3.types import TxParams
 from websockets.sync.client import connect
 
-from chain_bridge.chain import Chain, ChainError, RevertedError
+from chain_bridge.chain import Chain, ChainError, RevertedError, revert_reason
 from chain_bridge.contracts import load_artifact
 from chain_bridge.deployment import Deployment
 
@@ -69,11 +70,12 @@ class WalletDesk:
 
     def info(self) -> dict[str, Any]:
         """The chain and the contracts."""
-        base = self.chain.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0
+        latest = self.chain.w3.eth.get_block("latest")
         d = self.deployment
         return {"chain": self.chain.kind, "chain_id": self.chain.chain_id, "token": d.token,
                 "clearing_house": d.clearing_house, "registry": d.registry,
-                "base_fee": int(base)}
+                "base_fee": int(latest.get("baseFeePerGas", 0) or 0),
+                "block_timestamp": int(latest["timestamp"])}
 
     def account(self, address: str) -> dict[str, Any]:
         """What ``address`` has on chain."""
@@ -127,9 +129,8 @@ class WalletDesk:
                           "value": fields.get("value", 0)}
         try:
             self.chain.w3.eth.call(call)
-        except ContractLogicError as exc:
-            reason = str(exc.message or exc).removeprefix("execution reverted: ")
-            return {"error": f"reverted: {reason}"}
+        except (ContractLogicError, TransactionFailed) as exc:  # from a node / from py-evm
+            return {"error": f"reverted: {revert_reason(exc)}"}
         tx_hash = self.chain.send_raw(raw)
         receipt = self.chain.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120,
                                                                  poll_latency=0.05)
@@ -235,13 +236,39 @@ def register_node(url: str, key: str, node: str, node_class: str, units: int,
     label = node_class.encode("ascii")
     if not 0 < len(label) <= 32:
         raise ValueError(f"a node class is 1 to 32 ASCII characters: {node_class!r}")
+    return _registry_call(url, key, "registerNode",
+                          [Web3.to_checksum_address(node), label.ljust(32, b"\0"), units],
+                          "node registration")
+
+
+def deregister_node(url: str, key: str, node: str, effective_at: int) -> dict[str, Any]:
+    """End ``node``'s activity at ``effective_at`` (Unix seconds, not in the past; an earlier
+    deregistration can only be brought forward) for ``key``'s provider account; the
+    receipt. Windows sold on the node that run past it count as undelivered from then."""
+    if not Web3.is_address(node):
+        raise ValueError(f"not an address: {node}")
+    if not 0 <= effective_at < 1 << 64:
+        raise ValueError(f"not a time: {effective_at}")
+    return _registry_call(url, key, "deregisterNode",
+                          [Web3.to_checksum_address(node), effective_at], "node deregistration")
+
+
+def chain_time(url: str) -> int:
+    """The timestamp of the chain's latest block (Unix seconds): what "not in the past"
+    means to the registry. A development chain mining more than a block a second runs
+    ahead of the wall clock."""
+    return int(WalletClient(url).request({"op": "info"})["block_timestamp"])
+
+
+def _registry_call(url: str, key: str, function: str, arguments: list[Any],
+                   what: str) -> dict[str, Any]:
+    """Sign one UptimeRegistry call from ``key`` and relay it; its receipt."""
     client = WalletClient(url)
     info = client.request({"op": "info"})
     signer = Account.from_key(key)
     state = client.request({"op": "account", "address": signer.address})
     registry = Web3().eth.contract(abi=load_artifact("UptimeRegistry").abi)
-    data = registry.encode_abi("registerNode", [Web3.to_checksum_address(node),
-                                                label.ljust(32, b"\0"), units])
+    data = registry.encode_abi(function, arguments)
     (receipt,) = _send(client, signer, info, state["nonce"],
-                       [(info["registry"], data, REGISTER_GAS)], "node registration")
+                       [(info["registry"], data, REGISTER_GAS)], what)
     return receipt

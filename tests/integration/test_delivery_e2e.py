@@ -8,6 +8,7 @@ sent through the websocket API come back with their reason codes."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -15,6 +16,8 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from engine.events import (
     DeliverySettled,
     EpochOpened,
     ExchangeEvent,
+    NodeDeregistered,
 )
 from engine.exchange import Exchange
 from engine.journal import read_records
@@ -40,6 +44,7 @@ from engine.keys import dev_keys, read_key
 from engine.recovery import journal_path, restore_snapshot, snapshot_store, verify_data_dir
 from engine.sequencer import decode_sequenced
 from gateway.auth import address_of, login_text, sign_text
+from gateway.cli import main as cmx_main
 from tests.integration.test_serve import ServeProcess
 from tests.integration.test_serve_chain import chain_status, wait_for
 
@@ -190,6 +195,9 @@ def settled_run(serve: ServeProcess, tmp_path: Path, agents: Agents) -> None:
     filled_ns = time.time_ns()
     window_start = (filled_ns // (WINDOW_S * NS) + 1) * WINDOW_S * NS
     window_end = window_start + WINDOW_S * NS
+    # a provider gives notice for a node whose window is sold: not before the window's end
+    leaving = max(node for node, provider in nodes.items() if provider == providers[2])
+    give_notice(serve.port, providers[2], leaving, window_end, tmp_path)
     # halfway through the window, the first node of the first provider goes down
     stopped = min(node for node, provider in nodes.items() if provider == providers[0])
     time.sleep(max(0.0, (window_start + WINDOW_S * NS // 2 - time.time_ns()) / NS))
@@ -198,6 +206,27 @@ def settled_run(serve: ServeProcess, tmp_path: Path, agents: Agents) -> None:
     bad_attestations_get_their_reason_codes(serve.port, tmp_path, keys[4])
     # the window ends, the engine waits one epoch for late attestations, the clock settles
     time.sleep(max(0.0, (window_end - time.time_ns()) / NS) + 4)
+
+
+def give_notice(port: int, provider: str, node: str, window_end: int, tmp_path: Path) -> None:
+    """`cmx provider deregister-node` refuses a time inside the window sold on the node and
+    by default deregisters it from the window's end."""
+    command = ["provider", "deregister-node", "--port", str(port), "--key", provider,
+               "--node", node]
+    early = datetime.fromtimestamp(window_end // NS - 2, UTC).isoformat()
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        refused = cmx_main([*command, "--at", early])
+        given = cmx_main(command)
+    assert refused == 1 and "deliveries already sold hold" in err.getvalue(), err.getvalue()
+    assert given == 0, err.getvalue()
+    # from the window's end, or later if the development chain's clock is already past it
+    # (it mines a block per transaction, at least a second apart)
+    said = out.getvalue().split()
+    assert said[:4] == ["node", node, "deregistered", "from"], said
+    effective = datetime.fromisoformat(said[4].rstrip(":")).timestamp() * NS
+    assert effective >= window_end
+    (tmp_path / "notice").write_text(f"{node} {int(effective)}")
 
 
 def bad_attestations_get_their_reason_codes(port: int, tmp_path: Path, provider: str) -> None:
@@ -293,6 +322,9 @@ def check_journal(data_dir: Path) -> None:
         if isinstance(e, DeliveryAllocated):
             allocation[e.delivery_id].append((e.node, e.units))
     settled = {e.delivery_id: e for e in events if isinstance(e, DeliverySettled)}
+    leaving, effective = (data_dir.parent / "notice").read_text().split()
+    assert [(e.node, e.effective_ts) for e in events if isinstance(e, NodeDeregistered)] == \
+        [(leaving, int(effective))]
     assert len(opened) == 3 and settled.keys() == opened.keys()
     stopped_fraction = None
     for delivery_id, delivery in opened.items():
