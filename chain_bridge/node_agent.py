@@ -15,7 +15,13 @@ Protocol (the gateway's ``attest`` channel):
 
 `AgentCore` is the protocol without I/O (epoch in → work to do, solution in → message to
 send, reply in → log line); `NodeAgent` runs it on a websocket with the solving in a worker
-thread, so the connection stays alive while a solve runs.
+thread, so the connection stays alive while a solve runs. Each agent logs as
+``cmx.node_agent.<node address>``.
+
+An honest agent attests every epoch. Given a ``conduct`` (epoch → `Conduct`), an agent can
+also misbehave on purpose, as the demo's faulty node does (`chain_bridge.demo_providers`):
+skip an epoch, send a stale attestation again, or solve against a wrong beacon; the server
+refuses the last two with their reason codes (``late``, ``wrong_beacon``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +50,22 @@ log = logging.getLogger("cmx.node_agent")
 SUBSCRIBE_ID = 1
 INITIAL_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 10.0
+SIGNED_KEPT = 3
+"""Attestations an agent keeps after signing them (a stale one is sent from these)."""
+
+
+class Conduct(StrEnum):
+    """What an agent does with a new epoch. An honest agent always attests it; the others are
+    faults given to a node on purpose, for demonstrations and tests."""
+
+    ATTEST = "attest"
+    SKIP = "skip"
+    """Send nothing: the epoch goes unattested."""
+    STALE = "stale"
+    """Send again an attestation of an epoch before the previous one (refused ``late``);
+    with none in hand, send nothing."""
+    WRONG_BEACON = "wrong_beacon"
+    """Solve and sign against a beacon that is not the epoch's (refused ``wrong_beacon``)."""
 
 
 class EpochNotice(msgspec.Struct, frozen=True):
@@ -97,11 +120,16 @@ Action = Send | Solve
 
 class AgentCore:
     """The agent's protocol state: the newest epoch, its solution, the request awaiting a
-    reply. Fed messages and solutions, it answers with `Action`s and logs what happens."""
+    reply. Fed messages and solutions, it answers with `Action`s and logs what happens.
+    ``conduct`` says what to do with each new epoch (default: attest every one)."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, conduct: Callable[[int], Conduct] | None = None) -> None:
         self._key = key
         self.node = address_of(key)
+        self.log = log.getChild(self.node)
+        self.conduct = conduct
+        self.notice: EpochNotice | None = None
+        """The newest epoch announced, as announced."""
         self.work: Work | None = None
         self.attestation: dict[str, Any] | None = None
         """The current epoch's signed attestation, until the server answers it."""
@@ -109,13 +137,14 @@ class AgentCore:
         """The newest epoch the server has answered (attested or refused)."""
         self._next_id = SUBSCRIBE_ID + 1
         self._waiting: dict[int, int] = {}  # request id -> epoch
+        self._signed: list[dict[str, Any]] = []  # the last SIGNED_KEPT, oldest first
 
     def connected(self) -> list[Action]:
         """A connection is open: subscribe, and resend an attestation left unanswered."""
         actions: list[Action] = [
             Send({"op": "subscribe", "channel": "attest", "id": SUBSCRIBE_ID})]
         if self.attestation is not None:
-            actions.append(self._send_attestation())
+            actions.append(self._send(self.attestation))
         return actions
 
     def disconnected(self) -> None:
@@ -127,7 +156,7 @@ class AgentCore:
         try:
             message = msgspec.json.decode(raw)
         except msgspec.DecodeError:
-            log.warning("not JSON from the server: %.200r", raw)
+            self.log.warning("not JSON from the server: %.200r", raw)
             return []
         if not isinstance(message, dict):
             return []
@@ -137,7 +166,7 @@ class AgentCore:
             if message.get("type") in ("attested", "error"):
                 self._reply(msgspec.convert(message, Reply))
         except msgspec.ValidationError as exc:
-            log.warning("unexpected message from the server (%s): %.200r", exc, raw)
+            self.log.warning("unexpected message from the server (%s): %.200r", exc, raw)
         return []
 
     def solved(self, work: Work, nonce: int, found: bytes, seconds: float) -> list[Action]:
@@ -146,53 +175,74 @@ class AgentCore:
         if work != self.work:
             return []
         epoch = work.notice.epoch
-        log.info("epoch %d solved in %.3f s (nonce %d, %.0f hashes/s)", epoch, seconds, nonce,
-                 (nonce + 1) / max(seconds, 1e-9))
+        self.log.info("epoch %d solved in %.3f s (nonce %d, %.0f hashes/s)", epoch, seconds,
+                      nonce, (nonce + 1) / max(seconds, 1e-9))
         self.attestation = {"node": self.node, "epoch": epoch, "beacon": work.notice.beacon,
                             "nonce": nonce, "signature": sign(self._key, found)}
-        return [self._send_attestation()]
+        self._signed = [*self._signed[1 - SIGNED_KEPT:], self.attestation]
+        return [self._send(self.attestation)]
 
     def _epoch(self, notice: EpochNotice) -> list[Action]:
-        current = self.work.notice if self.work is not None else None
+        current = self.notice
         if current is not None and (notice.epoch < current.epoch
                                     or _same_puzzle(notice, current)):
             return []  # an old epoch, or the snapshot of the one in hand after a reconnect
         if notice.epoch == self.answered:
             return []
         if current is not None and self.attestation is not None:
-            log.warning("epoch %d left unanswered: epoch %d has begun", current.epoch,
-                        notice.epoch)
-        self.work = Work(self.node, notice)
+            self.log.warning("epoch %d left unanswered: epoch %d has begun", current.epoch,
+                             notice.epoch)
+        self.notice = notice
         self.attestation = None
-        log.info("epoch %d: solving (target %s, deadline in %.1f s)", notice.epoch,
-                 notice.target, (notice.deadline_ns - time.time_ns()) / 1e9)
+        conduct = self.conduct(notice.epoch) if self.conduct is not None else Conduct.ATTEST
+        if conduct == Conduct.STALE:
+            stale = next((a for a in reversed(self._signed) if a["epoch"] < notice.epoch - 1),
+                         None)
+            self.work = None
+            if stale is None:
+                self.log.warning("epoch %d: not attested (no stale attestation to send)",
+                                 notice.epoch)
+                return []
+            self.log.warning("epoch %d: sending the attestation of epoch %d again instead",
+                             notice.epoch, stale["epoch"])
+            return [self._send(stale)]
+        if conduct == Conduct.SKIP:
+            self.work = None
+            self.log.warning("epoch %d: skipped, not attested", notice.epoch)
+            return []
+        if conduct == Conduct.WRONG_BEACON:
+            last = int(notice.beacon[-2:], 16) ^ 1
+            notice = msgspec.structs.replace(notice, beacon=f"{notice.beacon[:-2]}{last:02x}")
+            self.log.warning("epoch %d: solving against a wrong beacon", notice.epoch)
+        self.work = Work(self.node, notice)
+        self.log.info("epoch %d: solving (target %s, deadline in %.1f s)", notice.epoch,
+                      notice.target, (notice.deadline_ns - time.time_ns()) / 1e9)
         return [Solve(self.work)]
 
-    def _send_attestation(self) -> Send:
-        assert self.attestation is not None
+    def _send(self, attestation: dict[str, Any]) -> Send:
         request_id = self._next_id
         self._next_id += 1
-        self._waiting[request_id] = self.attestation["epoch"]
-        return Send({"op": "attest", "id": request_id, **self.attestation})
+        self._waiting[request_id] = attestation["epoch"]
+        return Send({"op": "attest", "id": request_id, **attestation})
 
     def _reply(self, reply: Reply) -> None:
         if reply.id == SUBSCRIBE_ID:
             if reply.type == "error":
-                log.error("subscribing to the attest channel failed: %s %s", reply.code,
-                          reply.msg)
+                self.log.error("subscribing to the attest channel failed: %s %s",
+                               reply.code, reply.msg)
             return
         epoch = self._waiting.pop(reply.id, None) if reply.id is not None else None
         if epoch is None:
             return
-        self.answered = epoch
+        self.answered = epoch if self.answered is None else max(self.answered, epoch)
         if self.attestation is not None and self.attestation["epoch"] == epoch:
             self.attestation = None
         if reply.type == "attested":
-            log.info("epoch %d attested", epoch)
+            self.log.info("epoch %d attested", epoch)
         elif reply.code == "duplicate":
-            log.info("epoch %d was already attested", epoch)
+            self.log.info("epoch %d was already attested", epoch)
         else:
-            log.warning("epoch %d refused: %s (%s)", epoch, reply.code, reply.msg)
+            self.log.warning("epoch %d refused: %s (%s)", epoch, reply.code, reply.msg)
 
 
 def _same_puzzle(a: EpochNotice, b: EpochNotice) -> bool:
@@ -225,8 +275,8 @@ class _Solver:
         started = time.perf_counter()
         solution = work.solve(stop)
         if solution is None:
-            log.info("epoch %d: solve abandoned after %.3f s", work.notice.epoch,
-                     time.perf_counter() - started)
+            log.getChild(work.node).info("epoch %d: solve abandoned after %.3f s",
+                                         work.notice.epoch, time.perf_counter() - started)
             return
         with contextlib.suppress(RuntimeError):  # the loop closed: the agent stopped
             self._loop.call_soon_threadsafe(self._done, work, *solution,
@@ -235,13 +285,14 @@ class _Solver:
 
 class NodeAgent:
     """`AgentCore` on a websocket to ``url``, reconnecting with backoff (0.5 s doubling to
-    10 s) until `stop`."""
+    10 s) until `stop`; ``conduct`` as `AgentCore` takes it."""
 
-    def __init__(self, key: bytes, url: str) -> None:
-        self.core = AgentCore(key)
+    def __init__(self, key: bytes, url: str,
+                 conduct: Callable[[int], Conduct] | None = None) -> None:
+        self.core = AgentCore(key, conduct)
         self.url = url
         self._outbox: asyncio.Queue[dict[str, Any]] | None = None
-        self._stopping: asyncio.Event | None = None
+        self._stopping = asyncio.Event()
         self._solver: _Solver | None = None
 
     async def run(self) -> None:
@@ -249,8 +300,9 @@ class NodeAgent:
         from websockets.asyncio.client import connect  # noqa: PLC0415 (only when running)
         from websockets.exceptions import InvalidHandshake, InvalidURI  # noqa: PLC0415
 
-        self._stopping = stopping = asyncio.Event()
+        stopping = self._stopping
         self._solver = _Solver(self._solved, asyncio.get_running_loop())
+        log = self.core.log
         log.info("node %s, exchange %s", self.core.node, self.url)
         backoff = INITIAL_BACKOFF_S
         try:
@@ -274,9 +326,8 @@ class NodeAgent:
             self._solver.cancel()
 
     def stop(self) -> None:
-        """Ends `run` (from the loop's thread)."""
-        if self._stopping is not None:
-            self._stopping.set()
+        """Ends `run` (from the loop's thread); before it, `run` returns at once."""
+        self._stopping.set()
 
     @property
     def solver_thread(self) -> threading.Thread | None:

@@ -5,7 +5,9 @@ JSON-RPC endpoints.
 first start (later starts replay its transaction log); ``--chain anvil`` spawns Anvil on a
 free loopback port with its state in the data directory; ``--rpc-url URL`` uses any node,
 attaching to the deployment in ``--deployment`` (or the data directory's), deploying only on
-a development node. ``--chain none`` runs without a chain.
+a development node. ``--chain none`` runs without a chain. With ``--demo`` on a development
+chain, the demo's providers register their nodes and the nodes' agents attest in a process
+of their own (`chain_bridge.demo_providers`).
 
 Every chain call runs on one thread of its own, so the event loop never waits on the chain:
 each round the loop hands the bridge a view of the engine, the bridge answers with commands
@@ -45,6 +47,15 @@ from chain_bridge.attestation import DEFAULT_DIFFICULTY, Attestation
 from chain_bridge.bridge import ChainBridge, EngineView
 from chain_bridge.chain import ETHER, Chain, ChainError, embedded, rpc
 from chain_bridge.collector import Collector
+from chain_bridge.demo_providers import (
+    AgentProcess,
+    NodeKey,
+    demo_fleet,
+    ensure_node_keys,
+    register_demo_nodes,
+    spawn_demo_agents,
+    stop_demo_agents,
+)
 from chain_bridge.deployment import Deployment
 from chain_bridge.providers import UptimeHistory, providers_report
 from chain_bridge.wallet import WalletDesk
@@ -91,6 +102,8 @@ class ServerLike(Protocol):
 
     routes: dict[str, Callable[[dict[str, str]], Any]]
     socket_routes: dict[str, Callable[[ServerConnection], Awaitable[None]]]
+    port: int
+    """The port it listens on (0 until it listens, if it was asked to pick one)."""
 
     def pump(self) -> None:
         """Commit what was submitted."""
@@ -127,6 +140,9 @@ class ChainService:
         self.history = UptimeHistory()  # what /api/providers reports uptime from
         self._observed = 0.0  # time.monotonic() of the history's last look at the engine
         self.archive: AttestationArchive | None = None
+        self.demo_nodes: list[NodeKey] = []
+        """``--demo`` on a development chain: the demo providers' nodes."""
+        self.demo_agents: AgentProcess | None = None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -156,11 +172,14 @@ class ChainService:
                  self._status["last_batch_id"])
 
     async def stop(self) -> None:
-        """Stop polling; stop Anvil if this process started it."""
+        """Stop polling and the demo's node agents; stop Anvil if this process started it."""
         if self._task is not None:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
+        if self.demo_agents is not None:
+            status = await asyncio.to_thread(stop_demo_agents, self.demo_agents)
+            log.info("demo node agents stopped (exit status %d)", status)
         await self._call(self._close)
         self._thread.shutdown()
 
@@ -196,6 +215,8 @@ class ChainService:
         if chain.local:
             chain.fund(operator.address, DEV_ETHER)
             self._fund_dev_accounts(chain, found, operator, deposit=args.demo)
+            if args.demo:
+                self._register_demo_nodes(chain, found)
         confirmations = args.confirmations if args.confirmations is not None else \
             0 if chain.local else 12
         self.bridge = ChainBridge(chain, found, operator, confirmations=confirmations)
@@ -247,6 +268,15 @@ class ChainService:
                                "approving the ClearingHouse")
                 chain.transact(signer, house.functions.deposit(DEMO_DEPOSIT), "deposit")
 
+    def _register_demo_nodes(self, chain: Chain, found: Deployment) -> None:
+        """The demo providers' nodes (`chain_bridge.demo_providers`): their keys in
+        ``chain/demo-nodes``, made once; those not registered yet are registered."""
+        fleet = demo_fleet(self.gateway.exchange.markets.values())
+        self.demo_nodes = ensure_node_keys(self.dir / "demo-nodes", fleet)
+        registered = register_demo_nodes(chain, found, self.demo_nodes)
+        log.info("demo providers: %d nodes (%d registered now), keys in %s",
+                 len(self.demo_nodes), len(registered), self.dir / "demo-nodes")
+
     def _poll(self, view: EngineView, epoch: int | None,
               ) -> tuple[list[ExchangeCommand], dict[str, Any]]:
         assert self.bridge is not None and self.chain is not None
@@ -288,6 +318,8 @@ class ChainService:
         poll_s = POLL_MS / 1000
         self._sync_collector()
         while True:
+            if self.demo_nodes and self.demo_agents is None and self.server.port:
+                self._start_demo_agents()
             self._maybe_cut()
             exchange = self.gateway.exchange
             clearing, uptime = exchange.clearing, exchange.uptime
@@ -315,6 +347,18 @@ class ChainService:
                 self.server.pump()
             await asyncio.sleep(poll_s)
             self._sync_collector()
+
+    def _start_demo_agents(self) -> None:
+        """The demo nodes' agents, in a process of their own, on the server's port (they
+        reconnect until it listens)."""
+        host = self.args.host if self.args.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        url = f"ws://{f'[{host}]' if ':' in host else host}:{self.server.port}/"
+        log_path = self.dir / "demo-nodes" / "agents.log"
+        self.demo_agents = spawn_demo_agents(
+            url, [k.path for k in self.demo_nodes if not k.node.misbehaving],
+            [k.path for k in self.demo_nodes if k.node.misbehaving], log_path)
+        log.info("demo node agents (process %d) attest %d nodes on %s; their log: %s",
+                 self.demo_agents.pid, len(self.demo_nodes), url, log_path)
 
     def _sync_collector(self) -> None:
         """The collector learns the engine's nodes and its newest epoch (which it then

@@ -11,6 +11,11 @@ What it does, all in integer ticks, lots and micro-USDC:
   chain deposit reaches, so a restart finds them and credits nothing twice), gives every
   account spot capacity on each underlying, cancels what its accounts left resting, and puts
   up every maker's ladder at once.
+* **Providers**: an account with registered nodes of an underlying (on a development chain,
+  `chain_bridge.demo_providers` registers some for accounts 0 to 2) sells it spot from them
+  only, as the engine has it (`engine.uptime`): its open sells stay within the free units of
+  its nodes that attested lately, and when they no longer fit (its nodes stopped attesting)
+  a refresh cancels its highest asks until they do. Capacity applies to the others.
 * **Fair values**: one per underlying, in micro-USDC per unit of the futures' quote (what an
   index fix is in), a mean-reverting random walk around the products' reference price. Spot
   quotes it per spot unit (a kW-month is 30 kW-days); each futures month adds a small basis.
@@ -25,7 +30,8 @@ What it does, all in integer ticks, lots and micro-USDC:
   deliveries close, expired futures halt), a `ClearingCut` every minute (futures marks).
 
 Nothing is sent that the exchange would refuse: orders stay inside the price band, spot sells
-inside the seller's capacity, and an account whose free collateral is below `RESERVE` waits.
+inside what the seller may offer (`DemoMarket.spot_room`: its nodes' free units, or its
+capacity), and an account whose free collateral is below `RESERVE` waits.
 """
 
 from __future__ import annotations
@@ -324,6 +330,7 @@ class DemoMarket:
     def refresh(self, account: str, market: Market, months_ahead: int) -> None:
         """Bring ``account``'s orders on ``market`` to its ladder with the fewest commands;
         if that takes none, now and then show another size on one level."""
+        self._fit_sells(account, market)
         fair = self.fair[market.instrument.underlying].ticks(market, months_ahead)
         prices = self.ladder(account, market, fair)
         key = (account, market.symbol)
@@ -381,7 +388,7 @@ class DemoMarket:
 
     def _can_add(self, account: str, market: Market, side: Side, lots: int) -> bool:
         """Whether ``account`` may add ``lots`` on ``side`` without a refusal: collateral
-        above the reserve, and for a spot sell the capacity left in the window."""
+        above the reserve, and for a spot sell room left (`spot_room`)."""
         if lots <= 0:
             return True
         ex = self.exchange
@@ -389,11 +396,43 @@ class DemoMarket:
             return False
         if not market.spot or side == Side.BUY:
             return True
+        return lots <= self.spot_room(account, market)
+
+    def spot_room(self, account: str, market: Market) -> int:
+        """Lots ``account`` may still offer on spot ``market``, counted as the engine counts
+        them (`Exchange._over_capacity`): with nodes of the underlying, their free units in
+        the delivery window (`Uptime.free_units`) less its open sells; without, its capacity
+        less its open sells and what the window has sold. Below zero when its open sells no
+        longer fit.
+
+        The window is the one after the last command's time; the next command's may fall in
+        a later window, whose room is no smaller (nothing is sold in it yet)."""
+        ex = self.exchange
         underlying = market.instrument.underlying
         window = window_start(ex.last_ts, market.window_ns)
-        committed = ex.open_sells.get((account, market.symbol), 0) + \
-            ex.sold.get((account, underlying, window), 0)
-        return committed + lots <= ex.capacity.get((account, underlying), 0)
+        committed = ex.open_sells.get((account, market.symbol), 0)
+        free = ex.uptime.free_units(account, underlying, window, window + market.window_ns)
+        if free is None:
+            committed += ex.sold.get((account, underlying, window), 0)
+            free = ex.capacity.get((account, underlying), 0)
+        return free - committed
+
+    def _fit_sells(self, account: str, market: Market) -> None:
+        """A provider selling from nodes cancels its highest spot asks until its open sells
+        fit in their free units again."""
+        if not market.spot or \
+                not self.exchange.uptime.has_nodes(account, market.instrument.underlying):
+            return
+        excess = -self.spot_room(account, market)
+        quotes = self._live_quotes(account, market.symbol)
+        asks = sorted(((q.price, i) for i, q in quotes.items() if q.side == Side.SELL),
+                      reverse=True)
+        for _, order_id in asks:
+            if excess <= 0:
+                break
+            excess -= self.exchange.orders[order_id].remaining
+            self.submit(CancelOrder(account, market.symbol, order_id))
+            del quotes[order_id]
 
     def _cancel_unquoted(self, quoted: set[str]) -> None:
         for (account, symbol), quotes in self.quotes.items():

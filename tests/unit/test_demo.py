@@ -1,4 +1,5 @@
-"""The demo market: its accounts, and `DemoMarket` trading on a real exchange."""
+"""The demo market: its accounts, and `DemoMarket` trading on a real exchange, with and
+without provider nodes."""
 
 from __future__ import annotations
 
@@ -9,9 +10,22 @@ from collections.abc import Iterator
 import pytest
 
 import gateway.demo
-from engine.commands import CancelAll, CreditDeposit, ExchangeCommand, SetCapacity
+from engine.commands import (
+    AttestationAccepted,
+    CancelAll,
+    CancelOrder,
+    CreditDeposit,
+    ExchangeCommand,
+    OpenEpoch,
+    PlaceOrder,
+    RegisterNode,
+    SetCapacity,
+)
+from engine.delivery import window_start
 from engine.events import (
     CommandRejected,
+    DeliveryAllocated,
+    DeliveryOpened,
     ExchangeEvent,
     InsuranceCover,
     Liquidation,
@@ -20,6 +34,7 @@ from engine.events import (
 )
 from engine.keys import dev_keys
 from engine.messages import Side
+from engine.uptime import ATTESTED_EPOCHS
 from gateway.auth import address_of
 from gateway.demo import dev_accounts
 from gateway.demo_market import (
@@ -67,6 +82,10 @@ class Run:
 
     def rejections(self) -> list[OrderRejected | CommandRejected]:
         return [e for e in self.events if isinstance(e, OrderRejected | CommandRejected)]
+
+    def send(self, command: ExchangeCommand) -> None:
+        """A command from outside the demo (the chain bridge's, in `cmx serve`)."""
+        self._submit(command)
 
 
 def test_dev_accounts_are_the_mnemonic_accounts_the_docs_list() -> None:
@@ -230,3 +249,130 @@ def test_a_maker_at_its_position_limit_stops_adding_to_it(side: Side) -> None:
     assert ladder[side] == []
     other = Side.SELL if side == Side.BUY else Side.BUY
     assert len(ladder[other]) == LEVELS
+
+
+# --- providers selling from nodes --------------------------------------------------------
+
+PROVIDER = dev_accounts()[1]  # a maker of GPU.H100.SPOT and GPU.B200.SPOT
+H100_SPOT = "GPU.H100.SPOT"
+EPOCH_NS = 5 * NS
+EPOCH_STEPS = EPOCH_NS // STEP
+
+
+class Fleet:
+    """Provider nodes on a `Desk`, and the epochs they attest, as the chain bridge and the
+    collector would sequence them."""
+
+    def __init__(self, desk: Desk) -> None:
+        self.desk = desk
+        self.epoch = 0
+        self.start = 0
+        self.nodes: list[str] = []
+
+    def register(self, node: str, units: int, underlying: str = "GPU.H100") -> None:
+        self.desk.apply(RegisterNode(node, PROVIDER, underlying, units))
+        self.nodes.append(node)
+
+    def next_epoch(self, run: Run | None = None, *, attest: bool = True) -> None:
+        """Open the next epoch now (or just after the last one started); its nodes attest
+        it unless not ``attest``."""
+        self.epoch += 1
+        self.start = max(self.desk.ts, self.start + 1)
+        commands: list[ExchangeCommand] = [
+            OpenEpoch(self.epoch, f"0x{self.epoch:064x}", self.start, EPOCH_NS)]
+        if attest:
+            commands += [AttestationAccepted(node, self.epoch, 1, f"0x{i + 1:064x}")
+                         for i, node in enumerate(self.nodes)]
+        for command in commands:
+            if run is not None:
+                run.send(command)
+            else:
+                self.desk.apply(command)
+
+
+def node(n: int) -> str:
+    return f"0x{0x90DE_0000 + n:040x}"
+
+
+def free_units(run: Run, underlying: str = "GPU.H100") -> int | None:
+    ex = run.desk.ex
+    window_ns = ex.markets[H100_SPOT].window_ns
+    window = window_start(ex.last_ts, window_ns)
+    return ex.uptime.free_units(PROVIDER, underlying, window, window + window_ns)
+
+
+def provider_deliveries(run: Run, symbol: str = H100_SPOT) -> list[DeliveryOpened]:
+    return [e for e in run.events if isinstance(e, DeliveryOpened)
+            and e.seller == PROVIDER and e.symbol == symbol]
+
+
+def test_a_provider_sells_spot_within_its_attested_nodes_free_units() -> None:
+    desk = Desk()
+    fleet = Fleet(desk)
+    units = 60  # less than the provider sells in a window, so the limit is reached
+    fleet.register(node(1), units)
+    fleet.next_epoch()
+    run = Run(desk=desk)
+    ex = desk.ex
+    for i, _ in enumerate(run.steps(3000)):
+        if i % EPOCH_STEPS == 0:
+            fleet.next_epoch(run)
+        free = free_units(run)
+        assert free is not None
+        assert ex.open_sells.get((PROVIDER, H100_SPOT), 0) <= free
+    assert run.rejections() == []
+    deliveries = provider_deliveries(run)
+    assert deliveries
+    allocated: Counter[int] = Counter()
+    for event in run.events:
+        if isinstance(event, DeliveryAllocated):
+            assert event.node == node(1)
+            allocated[event.delivery_id] += event.units
+    # every lot it sold is on its node, and the node is never sold past its units
+    for delivery in deliveries:
+        assert allocated[delivery.delivery_id] == delivery.qty
+    window = deliveries[0].window_start
+    assert {d.window_start for d in deliveries} == {window}
+    assert units - max_lots(ex.markets[H100_SPOT]) <= sum(d.qty for d in deliveries) <= units
+    assert ex.uptime.allocated[(node(1), window)] == sum(d.qty for d in deliveries)
+    # the other makers of the instrument sell on as before, from their capacity
+    sold: Counter[str] = Counter()
+    for event in run.events:
+        if isinstance(event, DeliveryOpened) and event.symbol == H100_SPOT:
+            sold[event.seller] += event.qty
+    assert max(n for seller, n in sold.items() if seller != PROVIDER) > units
+
+
+def test_a_provider_whose_nodes_stopped_attesting_sells_nothing_spot() -> None:
+    desk = Desk()
+    fleet = Fleet(desk)
+    fleet.register(node(1), 10_000)
+    fleet.next_epoch()
+    run = Run(desk=desk)
+    ex = desk.ex
+    for i, _ in enumerate(run.steps(600)):
+        if i % EPOCH_STEPS == 0:
+            fleet.next_epoch(run)
+    assert ex.open_sells.get((PROVIDER, H100_SPOT), 0) > 0
+    assert provider_deliveries(run)
+    # the node misses ATTESTED_EPOCHS epochs: nothing of the provider is sellable any more
+    for _ in range(ATTESTED_EPOCHS):
+        fleet.next_epoch(run, attest=False)
+    assert free_units(run) == 0
+    stopped = len(run.commands)
+    open_sells = [ex.open_sells.get((PROVIDER, H100_SPOT), 0)]
+    for _ in run.steps(1200):
+        open_sells.append(ex.open_sells.get((PROVIDER, H100_SPOT), 0))
+    assert run.rejections() == []
+    # it never offered more: no new sell, no sell amended up; its asks were cancelled
+    assert open_sells == sorted(open_sells, reverse=True)
+    assert open_sells[-1] == 0
+    after = [c for c in run.commands[stopped:]
+             if getattr(c, "account", None) == PROVIDER and getattr(c, "symbol", None) ==
+             H100_SPOT]
+    assert any(isinstance(c, CancelOrder) for c in after)
+    assert not [c for c in after if isinstance(c, PlaceOrder) and c.side == Side.SELL]
+    # it still bids for spot, and sells spot where it has no nodes (from its capacity)
+    assert any(o.account == PROVIDER and o.symbol == H100_SPOT and o.side == Side.BUY
+               for o in ex.orders.values())
+    assert provider_deliveries(run, "GPU.B200.SPOT")

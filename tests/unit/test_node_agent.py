@@ -23,9 +23,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from chain_bridge import cli
 from chain_bridge.attestation import Attestation, address_of, digest, recover, target_of
-from chain_bridge.collector import NS, Collector
+from chain_bridge.collector import NS, Collector, Reason
 from chain_bridge.node_agent import (
     AgentCore,
+    Conduct,
     EpochNotice,
     NodeAgent,
     Send,
@@ -157,6 +158,49 @@ def test_refusals_and_odd_messages_are_logged(caplog: pytest.LogCaptureFixture) 
                 encode({**notice(9), "beacon": "0x12"}), encode({"type": "attested", "id": "x"})):
         assert core.receive(odd) == []
     assert core.answered == 8 and core.work == solve.work
+
+
+def test_an_agent_given_a_conduct_misbehaves_and_is_refused_with_the_reasons(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "cmx.node_agent")
+    plan = {1: Conduct.ATTEST, 2: Conduct.STALE, 3: Conduct.ATTEST, 4: Conduct.STALE,
+            5: Conduct.WRONG_BEACON, 6: Conduct.SKIP, 7: Conduct.ATTEST}
+    core = AgentCore(KEY, plan.__getitem__)
+    collector = Collector(chain_id=CHAIN_ID, registry=REGISTRY, target=EASY, epoch_ns=EPOCH_NS)
+    collector.register(NODE, "0x" + "01" * 20, "GPU.H100", 8)
+    core.connected()
+    verdicts: dict[int, str] = {}
+    for epoch in plan:
+        collector.open_epoch(epoch, notice(epoch)["beacon"], epoch * EPOCH_NS,
+                             (epoch + 1) * EPOCH_NS)
+        collector.forget(epoch - 1)
+        actions = core.receive(encode(notice(epoch)))
+        if actions and isinstance(actions[0], Solve):
+            work = actions[0].work
+            actions = core.solved(work, *solve_now(work), 0.1)
+        for action in actions:
+            assert isinstance(action, Send)
+            fields = {k: v for k, v in action.message.items() if k not in ("op", "id")}
+            verdict = collector.submit(msgspec.convert(fields, Attestation),
+                                       epoch * EPOCH_NS + 1)
+            reply = {"type": "attested", "id": action.message["id"], "epoch": fields["epoch"]} \
+                if verdict.accepted else {"type": "error", "id": action.message["id"],
+                                          "code": verdict.reason, "msg": verdict.detail}
+            assert core.receive(encode(reply)) == []
+            verdicts[epoch] = verdict.reason or "attested"
+        assert core.receive(encode(notice(epoch))) == []  # a reconnect changes nothing
+    # epoch 2 had no attestation two epochs old to send again; epoch 4 sent epoch 1's
+    assert verdicts == {1: "attested", 3: "attested", 4: Reason.LATE,
+                        5: Reason.WRONG_BEACON, 7: "attested"}
+    assert "epoch 2: not attested (no stale attestation to send)" in caplog.text
+    assert "epoch 4: sending the attestation of epoch 1 again instead" in caplog.text
+    assert "epoch 1 refused: late" in caplog.text
+    assert "epoch 5: solving against a wrong beacon" in caplog.text
+    assert "epoch 5 refused: wrong_beacon" in caplog.text
+    assert "epoch 6: skipped, not attested" in caplog.text
+    assert collector.attested(7) == {NODE} and core.answered == 7
+    # each line names the node
+    assert {r.name for r in caplog.records} == {f"cmx.node_agent.{NODE}"}
 
 
 # --- the real agent on a websocket --------------------------------------------------------
