@@ -26,8 +26,9 @@ What it does, all in integer ticks, lots and micro-USDC:
   may show a new size on one level. Futures makers lean their quotes against their position.
 * **Takers** send marketable IOC limit orders and IOC market orders, leaning against their
   futures position so it stays bounded. Half the refreshes and taker orders go to spot.
-* **Operator**: an index fix per underlying per UTC day, a `Timer` every second (spot
-  deliveries close, expired futures halt), a `ClearingCut` every minute (futures marks).
+* **Operator**: an index fix per underlying per UTC day and a `ClearingCut` every minute
+  (futures marks); `cmx serve`'s clock sends the `Timer`s that close spot deliveries and halt
+  expired futures.
 
 Nothing is sent that the exchange would refuse: orders stay inside the price band, spot sells
 inside what the seller may offer (`DemoMarket.spot_room`: its nodes' free units, or its
@@ -52,7 +53,6 @@ from engine.commands import (
     IndexFix,
     PlaceOrder,
     SetCapacity,
-    Timer,
 )
 from engine.delivery import window_start
 from engine.exchange import Exchange
@@ -97,7 +97,6 @@ TAKE_PERCENT: Final = 25
 """The chance, in percent, that a step sends a taker order."""
 MARKET_ORDER_PERCENT: Final = 20
 """The share, in percent, of taker orders sent as market orders."""
-TIMER_EVERY_NS: Final = NS
 CUT_EVERY_NS: Final = 60 * NS
 
 MOVE_PERCENT: Final = 10
@@ -181,7 +180,6 @@ class DemoMarket:
         self.fair = self._fair_values()
         self.quotes: dict[tuple[str, str], dict[int, Quote]] = {}
         self._last_fair: dict[tuple[str, str], int] = {}
-        self._next_timer = 0
         self._next_cut = 0
 
     def _fair_values(self) -> dict[str, FairValue]:
@@ -266,9 +264,6 @@ class DemoMarket:
         for underlying, fair in self.fair.items():
             if (underlying, day) not in ex.fixes:
                 self.submit(IndexFix(underlying, day, fair.value))
-        if now >= self._next_timer:
-            self._next_timer = now + TIMER_EVERY_NS
-            self.submit(Timer())
         if now >= self._next_cut:
             self._next_cut = now + CUT_EVERY_NS
             self.submit(ClearingCut())
