@@ -75,6 +75,8 @@ log = logging.getLogger("cmx.chain")
 T = TypeVar("T")
 
 POLL_MS = 200
+STATUS_S = 1.0
+"""How often the chain's part of ``/api/chain`` is read again."""
 DEV_ETHER = 100 * ETHER
 DEV_TOKENS = 10_000_000 * 10**6
 """Test USDC minted to each development account on a development chain."""
@@ -137,6 +139,7 @@ class ChainService:
         self.epoch_ns = int(args.epoch_seconds * 1_000_000_000)
         self.collector: Collector | None = None
         self.attestations_accepted = 0
+        self._status_at = 0.0  # time.monotonic() of the chain's last status
         self.history = UptimeHistory()  # what /api/providers reports uptime from
         self._observed = 0.0  # time.monotonic() of the history's last look at the engine
         self.archive: AttestationArchive | None = None
@@ -292,14 +295,20 @@ class ChainService:
             if self.bridge.last_error != str(exc):
                 log.warning("chain unavailable, clearing waits: %s", exc)
             self.bridge.last_error = str(exc)
-        return commands, self._status_now()
+        return commands, self._status_now(fresh=time.monotonic() - self._status_at >= STATUS_S)
 
-    def _status_now(self) -> dict[str, Any]:
+    def _status_now(self, *, fresh: bool = True) -> dict[str, Any]:
+        """What ``/api/chain`` answers: the engine's part now, the chain's (a dozen calls)
+        asked again only if ``fresh``."""
         assert self.bridge is not None
-        try:
-            status = self.bridge.status()
-        except Exception as exc:  # the node is down: show what is known
-            status = {**self._status, "error": str(exc)}
+        if not fresh:
+            status = dict(self._status)
+        else:
+            self._status_at = time.monotonic()
+            try:
+                status = self.bridge.status()
+            except Exception as exc:  # the node is down: show what is known
+                status = {**self._status, "error": str(exc)}
         clearing = self.gateway.exchange.clearing
         status["engine_next_batch_id"] = clearing.next_batch_id
         status["engine_unconfirmed_batches"] = len(clearing.unconfirmed)
