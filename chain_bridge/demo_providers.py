@@ -5,12 +5,12 @@ has one node per underlying traded spot (GPU.H100, GPU.H200, GPU.B200 and RACK.K
 shipped products), registered in the UptimeRegistry and attested epoch by epoch by a node
 agent, so the demo's spot sells of these accounts are backed by attested nodes and their
 deliveries settle from attestations (`engine.uptime`). A demo node stands for a pod of
-machines, not one: its units are what a maker sells in a delivery window,
-`WINDOW_LADDERS_PER_HOUR` full sell ladders (`gateway.demo_market.LEVELS` orders of
-`max_lots`) per hour of the window, so the demo's makers rarely run out.
+machines, not one: its units are what a maker sells in a delivery window, `POD_NOTIONAL`
+per hour of the window at the product's reference price (60 full sell ladders of the demo's
+makers, `gateway.demo_market`), so they rarely run out.
 
-One more node misbehaves: provider 1's second GPU.H100 node (`MISBEHAVING`), one ladder of
-units. Its key is made so that its address sorts before its sibling's, so the engine
+One more node misbehaves: provider 1's second GPU.H100 node (`MISBEHAVING`), `FAULTY_NOTIONAL`
+of units (one ladder). Its key is made so that its address sorts before its sibling's, so the engine
 allocates deliveries to it first (in address order) and its missed epochs show up as
 undelivered node-epochs. Epoch by epoch (`misbehaviour`, seeded) it attests, skips the
 epoch (1 in 4), sends a stale attestation (1 in 10, refused ``late``) or one solved against
@@ -45,7 +45,6 @@ from chain_bridge.attestation import address_of
 from chain_bridge.node_agent import Conduct, NodeAgent, keygen, read_key_file
 from engine.keys import dev_keys
 from engine.market import Market
-from gateway.demo_market import LEVELS, max_lots
 
 if TYPE_CHECKING:
     from chain_bridge.chain import Chain
@@ -56,9 +55,12 @@ log = logging.getLogger("cmx.demo_providers")
 HOUR_NS: Final = 3600 * 1_000_000_000
 PROVIDERS: Final = (0, 1, 2)
 """The development accounts that provide compute."""
-WINDOW_LADDERS_PER_HOUR: Final = 60
-"""A node's units: this many full sell ladders per hour of its delivery window (the demo's
-busiest maker sells about 50 an hour)."""
+POD_NOTIONAL: Final = 30_000 * 1_000_000
+"""A node's units: this much notional (micro-USDC at the reference price) per hour of its
+delivery window: 60 of the demo makers' full sell ladders (5 levels of at most 100 USDC),
+where the busiest maker sells about 50 an hour."""
+FAULTY_NOTIONAL: Final = 500 * 1_000_000
+"""The misbehaving node's units, as notional: one full sell ladder."""
 MISBEHAVING: Final = (1, "GPU.H100")
 """The provider and underlying of the extra, misbehaving node (the first underlying traded
 if that one is not)."""
@@ -105,13 +107,19 @@ def demo_fleet(markets: Iterable[Market]) -> list[DemoNode]:
             hours = max(1, market.window_ns // HOUR_NS)
             fleet.append(DemoNode(f"p{provider}-{market.instrument.underlying}", provider,
                                   market.instrument.underlying,
-                                  LEVELS * max_lots(market) * WINDOW_LADDERS_PER_HOUR * hours))
+                                  units_of(market, POD_NOTIONAL * hours)))
     provider, wanted = MISBEHAVING
     market = next((m for m in spots if m.instrument.underlying == wanted), spots[0])
     underlying = market.instrument.underlying
     fleet.append(DemoNode(f"p{provider}-{underlying}-faulty", provider, underlying,
-                          LEVELS * max_lots(market), misbehaving=True))
+                          units_of(market, FAULTY_NOTIONAL), misbehaving=True))
     return fleet
+
+
+def units_of(market: Market, notional: int) -> int:
+    """How many units (lots) of ``market`` ``notional`` micro-USDC buys at its reference
+    price, at least one."""
+    return max(1, notional // (market.instrument.reference_price_ticks * market.tick_value))
 
 
 def ensure_node_keys(directory: Path, fleet: Sequence[DemoNode]) -> list[NodeKey]:
