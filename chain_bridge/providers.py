@@ -19,20 +19,33 @@ Every number in the report is an integer: times in ns since the Unix epoch, shar
          "quantity", "quantity_unit", "window_start", "window_end",
          "status": "pending" | "delivering" | "settling", "allocation": [{"node", "units"}],
          "unallocated", "epochs_opened", "epochs_expected" | null, "delivered", "required",
-         "delivered_ppm" | null}]}
+         "delivered_ppm" | null}],
+     "settled": [{"delivery_id", "symbol", "seller", "buyer", "qty", "window_start",
+         "window_end", "settled_ns", "delivered", "required", "delivered_ppm",
+         "seller_paid", "seller_fee", "buyer_refund", "buyer_compensation",
+         "bond_released"}]}
+
+Settled deliveries (the last `SETTLED_KEPT`, newest first, amounts in micro-USDC) come from
+the exchange's events as the gateway releases them (`SettledDeliveries`), so they are exactly
+what the exchange paid.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
 from engine.delivery import Delivery
+from engine.events import DeliveryAllocated, DeliveryOpened, DeliverySettled, ExchangeEvent
 from engine.exchange import Exchange
 from engine.uptime import Node, Uptime
 
+SETTLED_KEPT = 20
+"""How many settled deliveries the providers view lists."""
 DAY_NS = 24 * 3600 * 1_000_000_000
 """How far back the uptime goes."""
 PPM = 1_000_000
@@ -125,7 +138,47 @@ class UptimeHistory:
         return [r for r in self.records.values() if r.start_ts >= cutoff]
 
 
-def providers_report(exchange: Exchange, history: UptimeHistory, now_ns: int) -> dict[str, Any]:
+class SettledDeliveries:
+    """The latest settlements of deliveries made from nodes, fed the exchange's events in
+    sequence order (`on_event`); what each paid, from its `DeliverySettled` event."""
+
+    def __init__(self, open_deliveries: Iterable[Delivery] = (),
+                 kept: int = SETTLED_KEPT) -> None:
+        self._open: dict[int, DeliveryOpened] = {}
+        self._from_nodes: set[int] = set()
+        for d in open_deliveries:  # opened before this process started
+            self._open[d.delivery_id] = DeliveryOpened(
+                d.delivery_id, d.symbol, d.trade_id, d.seller, d.buyer, d.qty, d.window_start,
+                d.window_end, d.premium, d.bond)
+            if d.allocation is not None:
+                self._from_nodes.add(d.delivery_id)
+        self.recent: deque[dict[str, Any]] = deque(maxlen=kept)
+
+    def on_event(self, event: ExchangeEvent, ts: int) -> None:
+        """One released event, ``ts`` its command's time."""
+        if isinstance(event, DeliveryOpened):
+            self._open[event.delivery_id] = event
+        elif isinstance(event, DeliveryAllocated):
+            self._from_nodes.add(event.delivery_id)
+        elif isinstance(event, DeliverySettled):
+            opened = self._open.pop(event.delivery_id, None)
+            if event.delivery_id in self._from_nodes and opened is not None:
+                self.recent.appendleft({
+                    "delivery_id": event.delivery_id, "symbol": opened.symbol,
+                    "seller": opened.seller, "buyer": opened.buyer, "qty": opened.qty,
+                    "window_start": opened.window_start, "window_end": opened.window_end,
+                    "settled_ns": ts, "delivered": event.delivered, "required": event.required,
+                    "delivered_ppm": event.delivered * PPM // event.required,
+                    "seller_paid": event.seller_paid, "seller_fee": event.seller_fee,
+                    "buyer_refund": event.buyer_refund,
+                    "buyer_compensation": event.buyer_compensation,
+                    "bond_released": event.bond_released,
+                })
+            self._from_nodes.discard(event.delivery_id)
+
+
+def providers_report(exchange: Exchange, history: UptimeHistory, now_ns: int,
+                     settled: SettledDeliveries | None = None) -> dict[str, Any]:
     """What ``/api/providers`` answers at ``now_ns`` (the history is brought up to date first).
 
     Per node, uptime is ``epochs_attested`` of ``epochs``: the epochs of the last 24 hours
@@ -157,6 +210,7 @@ def providers_report(exchange: Exchange, history: UptimeHistory, now_ns: int) ->
         "deliveries": [_delivery(exchange, d, now_ns)
                        for _, d in sorted(exchange.deliveries.items())
                        if d.allocation is not None],
+        "settled": list(settled.recent) if settled is not None else [],
     }
 
 

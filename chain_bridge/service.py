@@ -57,7 +57,7 @@ from chain_bridge.demo_providers import (
     stop_demo_agents,
 )
 from chain_bridge.deployment import Deployment
-from chain_bridge.providers import UptimeHistory, providers_report
+from chain_bridge.providers import SettledDeliveries, UptimeHistory, providers_report
 from chain_bridge.wallet import WalletDesk
 from engine.commands import (
     AttestationAccepted,
@@ -66,6 +66,7 @@ from engine.commands import (
     ExchangeCommand,
     OpenEpoch,
 )
+from engine.events import ExchangeEvent
 from engine.exchange import Exchange
 from engine.keys import dev_keys, read_key
 from engine.ledger import INSURANCE_FUND
@@ -91,6 +92,7 @@ class GatewayLike(Protocol):
 
     exchange: Exchange
     attest_handler: Any
+    event_listeners: list[Callable[[ExchangeEvent, int], None]]
 
     def publish_attest(self, payload: str) -> None:
         """Announce an epoch on the ``attest`` channel."""
@@ -141,6 +143,8 @@ class ChainService:
         self.attestations_accepted = 0
         self._status_at = 0.0  # time.monotonic() of the chain's last status
         self.history = UptimeHistory()  # what /api/providers reports uptime from
+        self.settled = SettledDeliveries(gateway.exchange.deliveries.values())
+        """The latest deliveries from nodes settled (/api/providers), from the events."""
         self._observed = 0.0  # time.monotonic() of the history's last look at the engine
         self.archive: AttestationArchive | None = None
         self.demo_nodes: list[NodeKey] = []
@@ -163,7 +167,8 @@ class ChainService:
         self.server.routes["/api/chain"] = lambda _query: self._status
         self.server.routes["/api/chain/withdrawal"] = self._withdrawal
         self.server.routes["/api/providers"] = lambda _query: providers_report(
-            self.gateway.exchange, self.history, time.time_ns())
+            self.gateway.exchange, self.history, time.time_ns(), self.settled)
+        self.gateway.event_listeners.append(self.settled.on_event)
         self.server.routes["/api/chain/proof"] = self._proof
         self.server.routes["/api/chain/node"] = self._node
         self.server.socket_routes["/chain"] = self._wallet

@@ -177,6 +177,9 @@ class Gateway:
         """The current epoch's ``attest`` channel message, sent to each new subscriber."""
         self.attest_handler: AttestHandler | None = None
         """Checks an attestation (the chain service sets it); returns why it was refused."""
+        self.event_listeners: list[Callable[[ExchangeEvent, int], None]] = []
+        """Called with every released event and its command's time, in sequence order
+        (other parts of the process: the chain service's record of settled deliveries)."""
 
     def _add_book(self, instrument: Instrument) -> None:
         market = self.exchange.markets[instrument.symbol]
@@ -317,6 +320,9 @@ class Gateway:
         listed: list[SymbolBook] = []
         for item in released:
             self._touched.clear()
+            for event_listener in self.event_listeners:
+                for event in item.events:
+                    event_listener(event, item.ts)
             listeners = self.account_listeners
             for index, event in enumerate(item.events):
                 if listeners:  # before the tracker applies it: they see the order as it was

@@ -32,6 +32,13 @@ function sharePpm(delivered, required) {
   return required > 0 ? Math.floor((delivered * 1000000) / required) : 0;
 }
 
+/** Micro-USDC (an integer) as USDC with two decimals, truncated: 12345678 -> "12.34". */
+export function usdc(micro) {
+  const sign = micro < 0 ? "-" : "";
+  const cents = Math.floor(Math.abs(micro) / 10000);
+  return `${sign}${Math.floor(cents / 100)}.${String(cents % 100).padStart(2, "0")}`;
+}
+
 function minutesSeconds(ms) {
   const total = Math.max(0, Math.ceil(ms / 1000));
   return `${Math.floor(total / 60)}:${String(total % 60).padStart(2, "0")}`;
@@ -108,6 +115,7 @@ export class ProvidersView {
     this.renderEpoch();
     this.renderNodes(report);
     this.renderDeliveries(report);
+    this.renderSettled(report);
   }
 
   renderEpoch() {
@@ -208,6 +216,51 @@ export class ProvidersView {
     list.replaceChildren(...rows);
     $("deliveries-count").textContent = String(rows.length);
     if (!rows.length) list.append(cell("div", "empty", "no deliveries in progress"));
+  }
+
+  renderSettled(report) {
+    const list = $("provider-settled");
+    const rows = (report.settled ?? []).map((settled) => this.settledRow(settled));
+    list.replaceChildren(...rows);
+    $("settled-count").textContent = String(rows.length);
+    if (!rows.length) list.append(cell("div", "empty", "none settled since the server started"));
+  }
+
+  settledRow(d) {
+    const ppm = sharePpm(d.delivered, d.required);
+    const row = cell("div", "provider-delivery settled");
+    Object.assign(row.dataset, {
+      deliveryId: String(d.delivery_id),
+      delivered: String(d.delivered),
+      required: String(d.required),
+      sellerPaid: String(d.seller_paid),
+      buyerCompensation: String(d.buyer_compensation),
+    });
+    const head = cell("div", "delivery-head");
+    head.append(cell("span", "num delivery-id", `#${d.delivery_id}`),
+      cell("span", "delivery-symbol", d.symbol),
+      cell("span", "num muted", `${hhmm(d.window_start)}–${hhmm(d.window_end)}`),
+      cell("span", "delivery-status settled", `settled ${hhmm(d.settled_ns)}`));
+    const meta = cell("div", "delivery-meta muted");
+    const seller = cell("span", "num", shortAddress(d.seller));
+    seller.title = `seller ${d.seller}`;
+    const buyer = cell("span", "num", shortAddress(d.buyer));
+    buyer.title = `buyer ${d.buyer}`;
+    meta.append(seller, cell("span", "", " → "), buyer,
+      cell("span", "num", ` · ${d.qty} lots · ${d.delivered}/${d.required} node-epochs`));
+    const bar = cell("div", "delivery-bar");
+    const fill = cell("i");
+    fill.style.width = `${ppm / 10000}%`;
+    bar.append(fill);
+    const figures = cell("div", "delivery-figures");
+    const paid = cell("span", "num settled-paid",
+      `seller ${usdc(d.seller_paid)} · buyer back ${usdc(d.buyer_refund + d.buyer_compensation)}`);
+    paid.title = `seller paid ${usdc(d.seller_paid)} USDC (fee ${usdc(d.seller_fee)}), bond ` +
+      `released ${usdc(d.bond_released)}; buyer refund ${usdc(d.buyer_refund)} + ` +
+      `compensation ${usdc(d.buyer_compensation)} USDC`;
+    figures.append(paid, cell("span", "num delivery-pct", `${percent(ppm)}%`));
+    row.append(head, meta, bar, figures);
+    return row;
   }
 
   deliveryRow(d) {

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize
 
-from chain_bridge.providers import UptimeHistory, providers_report
+from chain_bridge.providers import SettledDeliveries, UptimeHistory, providers_report
 from engine.commands import AttestationAccepted, OpenEpoch, RegisterNode
+from engine.delivery import payout
+from engine.events import DeliverySettled
 from gateway.auth import address_of
 from tests.e2e.conftest import SELLER_KEY, ServedExchange, Trader
 
@@ -71,6 +73,11 @@ def open_page(browser: Browser, exchange: ServedExchange) -> Iterator[PageOpener
     assert errors == []
 
 
+def usdc(micro: int) -> str:
+    """Micro-USDC as the page shows it: two decimals, truncated."""
+    return f"{micro // 1_000_000}.{micro % 1_000_000 // 10_000:02d}"
+
+
 def beacon(epoch: int) -> str:
     return f"0x{epoch:064x}"
 
@@ -95,6 +102,8 @@ def test_the_providers_panel_shows_nodes_epoch_and_deliveries(
     provider = address_of(SELLER_KEY)
     history = UptimeHistory()
     uptime = exchange.gateway.exchange.uptime
+    settled = SettledDeliveries()  # fed the released events, as the chain service does
+    exchange.call(lambda: exchange.gateway.event_listeners.append(settled.on_event))
 
     def run(*commands: object) -> None:
         for command in commands:
@@ -122,7 +131,13 @@ def test_the_providers_panel_shows_nodes_epoch_and_deliveries(
     now = (window + 2) * EPOCH + 90 * SECOND
     exchange.call(lambda: exchange.server.routes.__setitem__(
         "/api/providers",
-        lambda _query: providers_report(exchange.gateway.exchange, history, now)))
+        lambda _query: providers_report(exchange.gateway.exchange, history, now, settled)))
+    # and how the Settled list shows a settlement, were this delivery to end at 16 of 18
+    # (what the engine pays: `payout`; the event comes from the engine at the window's end)
+    paid = payout(delivery, 16, 18)
+    exchange.call(lambda: settled.on_event(DeliverySettled(
+        delivery.delivery_id, 16, 18, paid.seller_paid, paid.seller_fee, paid.buyer_refund,
+        paid.buyer_compensation, paid.bond_released), now))
 
     page = open_page()
     page.locator("#providers").wait_for(state="visible", timeout=WAIT_S * 1000)
@@ -149,7 +164,8 @@ def test_the_providers_panel_shows_nodes_epoch_and_deliveries(
     assert short == "0xa1a1…a1a1"
     assert page.text_content(f'.provider-node[data-node="{NODE_C}"] .node-class') == "GPU.H200"
 
-    row = page.locator(f'.provider-delivery[data-delivery-id="{delivery.delivery_id}"]')
+    row = page.locator(f'#provider-deliveries .provider-delivery[data-delivery-id='
+                       f'"{delivery.delivery_id}"]')
     assert row.get_attribute("data-status") == "delivering"
     # 4 GPUs x 3 epochs + 2 GPUs x 2 epochs of 6 x 3
     assert (row.get_attribute("data-delivered"), row.get_attribute("data-required")) == \
@@ -157,10 +173,23 @@ def test_the_providers_panel_shows_nodes_epoch_and_deliveries(
     assert row.locator(".delivery-pct").text_content() == "88.8%"
     assert "16/18 node-epochs" in (row.text_content() or "")
     width = page.evaluate(
-        "(id) => document.querySelector(`.provider-delivery[data-delivery-id=\"${id}\"] "
+        "(id) => document.querySelector(`#provider-deliveries "
+        ".provider-delivery[data-delivery-id=\"${id}\"] "
         ".delivery-bar i`).style.width", delivery.delivery_id)
     assert width.startswith("88.8888")
     assert page.text_content("#deliveries-count") == "1"
+
+    done = page.locator(f'#provider-settled .provider-delivery[data-delivery-id='
+                        f'"{delivery.delivery_id}"]')
+    assert page.text_content("#settled-count") == "1"
+    assert (done.get_attribute("data-delivered"), done.get_attribute("data-required"),
+            done.get_attribute("data-seller-paid"),
+            done.get_attribute("data-buyer-compensation")) == \
+        ("16", "18", str(paid.seller_paid), str(paid.buyer_compensation))
+    back = paid.buyer_refund + paid.buyer_compensation
+    assert done.locator(".settled-paid").text_content() == \
+        f"seller {usdc(paid.seller_paid)} · buyer back {usdc(back)}"
+    assert done.locator(".delivery-pct").text_content() == "88.8%"
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "providers.png"
