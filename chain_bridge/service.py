@@ -180,7 +180,9 @@ class ChainService:
                  self._status["last_batch_id"])
 
     async def stop(self) -> None:
-        """Stop polling and the demo's node agents; stop Anvil if this process started it."""
+        """Stop polling, attesting and the demo's node agents; close the archive; stop Anvil
+        if this process started it."""
+        self.gateway.attest_handler = None  # attest ops are answered "unavailable" from now
         if self._task is not None:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
@@ -323,6 +325,8 @@ class ChainService:
         return status
 
     def _close(self) -> None:
+        if self.archive is not None:
+            self.archive.close()
         if self.anvil is not None:
             self.anvil.stop()
 
