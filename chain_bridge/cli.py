@@ -173,18 +173,10 @@ def micro_usdc(text: str) -> int:
 def chain_status(host: str, port: int) -> dict[str, Any]:
     """``/api/chain`` of the server at ``host``:``port`` (`ConnectionError` if it cannot
     tell)."""
-    url = f"http://{host}:{port}/api/chain"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            status: dict[str, Any] = json.loads(response.read())
-            return status
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            raise ConnectionError(f"the server at {host}:{port} runs without a chain") \
-                from exc
-        raise ConnectionError(f"{url}: {exc}") from exc
-    except OSError as exc:
-        raise ConnectionError(f"cannot reach cmx serve at {host}:{port}: {exc}") from exc
+    status = _get_json(host, port, "/api/chain", {})
+    if status is None:
+        raise ConnectionError(f"the server at {host}:{port} reports no chain status")
+    return status
 
 
 def chain_proof(host: str, port: int, node: str, epoch: int) -> dict[str, Any] | None:
@@ -196,7 +188,7 @@ def chain_proof(host: str, port: int, node: str, epoch: int) -> dict[str, Any] |
 def _get_json(host: str, port: int, path: str, query: dict[str, Any]) -> dict[str, Any] | None:
     """A JSON route of the server's chain bridge; None if it answered "not found"
     (`ConnectionError` if the server cannot tell: unreachable, or without a chain)."""
-    url = f"http://{host}:{port}{path}?{urllib.parse.urlencode(query)}"
+    url = f"http://{host}:{port}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             found: dict[str, Any] = json.loads(response.read())

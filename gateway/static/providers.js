@@ -228,30 +228,6 @@ export class ProvidersView {
 
   settledRow(d) {
     const ppm = sharePpm(d.delivered, d.required);
-    const row = cell("div", "provider-delivery settled");
-    Object.assign(row.dataset, {
-      deliveryId: String(d.delivery_id),
-      delivered: String(d.delivered),
-      required: String(d.required),
-      sellerPaid: String(d.seller_paid),
-      buyerCompensation: String(d.buyer_compensation),
-    });
-    const head = cell("div", "delivery-head");
-    head.append(cell("span", "num delivery-id", `#${d.delivery_id}`),
-      cell("span", "delivery-symbol", d.symbol),
-      cell("span", "num muted", `${hhmm(d.window_start)}–${hhmm(d.window_end)}`),
-      cell("span", "delivery-status settled", `settled ${hhmm(d.settled_ns)}`));
-    const meta = cell("div", "delivery-meta muted");
-    const seller = cell("span", "num", shortAddress(d.seller));
-    seller.title = `seller ${d.seller}`;
-    const buyer = cell("span", "num", shortAddress(d.buyer));
-    buyer.title = `buyer ${d.buyer}`;
-    meta.append(seller, cell("span", "", " → "), buyer,
-      cell("span", "num", ` · ${d.qty} lots · ${d.delivered}/${d.required} node-epochs`));
-    const bar = cell("div", "delivery-bar");
-    const fill = cell("i");
-    fill.style.width = `${ppm / 10000}%`;
-    bar.append(fill);
     const figures = cell("div", "delivery-figures");
     const paid = cell("span", "num settled-paid",
       `seller ${usdc(d.seller_paid)} · buyer back ${usdc(d.buyer_refund + d.buyer_compensation)}`);
@@ -259,41 +235,20 @@ export class ProvidersView {
       `released ${usdc(d.bond_released)}; buyer refund ${usdc(d.buyer_refund)} + ` +
       `compensation ${usdc(d.buyer_compensation)} USDC`;
     figures.append(paid, cell("span", "num delivery-pct", `${percent(ppm)}%`));
-    row.append(head, meta, bar, figures);
+    const row = deliveryCard(d, "settled", `settled ${hhmm(d.settled_ns)}`,
+      ` · ${d.qty} lots · ${d.delivered}/${d.required} node-epochs`, ppm, figures);
+    Object.assign(row.dataset, {
+      sellerPaid: String(d.seller_paid),
+      buyerCompensation: String(d.buyer_compensation),
+    });
     return row;
   }
 
   deliveryRow(d) {
     const ppm = sharePpm(d.delivered, d.required);
-    const row = cell("div", `provider-delivery ${d.status}`);
-    Object.assign(row.dataset, {
-      deliveryId: String(d.delivery_id),
-      status: d.status,
-      delivered: String(d.delivered),
-      required: String(d.required),
-      epochsOpened: String(d.epochs_opened),
-    });
-    const head = cell("div", "delivery-head");
-    head.append(cell("span", "num delivery-id", `#${d.delivery_id}`),
-      cell("span", "delivery-symbol", d.symbol),
-      cell("span", "num muted", `${hhmm(d.window_start)}–${hhmm(d.window_end)}`),
-      cell("span", `delivery-status ${d.status}`, d.status));
-    const seller = cell("span", "num", shortAddress(d.seller));
-    seller.title = `seller ${d.seller}`;
-    const buyer = cell("span", "num", shortAddress(d.buyer));
-    buyer.title = `buyer ${d.buyer}`;
-    const meta = cell("div", "delivery-meta muted");
     const quantity = `${d.quantity ?? d.qty} ${d.quantity_unit ?? "lots"}`;
     const epochs = d.epochs_expected === null ? `${d.epochs_opened}`
       : `${d.epochs_opened}/${d.epochs_expected}`;
-    meta.append(seller, cell("span", "", " → "), buyer,
-      cell("span", "num", ` · ${quantity} · epochs ${epochs}`));
-    meta.title = d.allocation.map((a) => `${a.node}: ${a.units}`).join("\n") +
-      (d.unallocated ? `\nunallocated: ${d.unallocated}` : "");
-    const bar = cell("div", "delivery-bar");
-    const fill = cell("i");
-    fill.style.width = `${ppm / 10000}%`;
-    bar.append(fill);
     const figures = cell("div", "delivery-figures");
     if (d.status === "pending") {
       figures.append(cell("span", "muted", `starts ${hhmm(d.window_start)}`));
@@ -301,7 +256,41 @@ export class ProvidersView {
       figures.append(cell("span", "num", `${d.delivered}/${d.required} node-epochs`),
         cell("span", "num delivery-pct", d.required ? `${percent(ppm)}%` : "—"));
     }
-    row.append(head, meta, bar, figures);
+    const row = deliveryCard(d, d.status, d.status, ` · ${quantity} · epochs ${epochs}`, ppm,
+      figures);
+    row.dataset.status = d.status;
+    row.dataset.epochsOpened = String(d.epochs_opened);
+    row.querySelector(".delivery-meta").title =
+      d.allocation.map((a) => `${a.node}: ${a.units}`).join("\n") +
+      (d.unallocated ? `\nunallocated: ${d.unallocated}` : "");
     return row;
   }
+}
+
+/** One delivery's card: id, symbol, window and a badge; seller → buyer and ``detail``; a bar
+ * filled to ``ppm``; then ``figures``. */
+function deliveryCard(d, state, badge, detail, ppm, figures) {
+  const row = cell("div", `provider-delivery ${state}`);
+  Object.assign(row.dataset, {
+    deliveryId: String(d.delivery_id),
+    delivered: String(d.delivered),
+    required: String(d.required),
+  });
+  const head = cell("div", "delivery-head");
+  head.append(cell("span", "num delivery-id", `#${d.delivery_id}`),
+    cell("span", "delivery-symbol", d.symbol),
+    cell("span", "num muted", `${hhmm(d.window_start)}–${hhmm(d.window_end)}`),
+    cell("span", `delivery-status ${state}`, badge));
+  const seller = cell("span", "num", shortAddress(d.seller));
+  seller.title = `seller ${d.seller}`;
+  const buyer = cell("span", "num", shortAddress(d.buyer));
+  buyer.title = `buyer ${d.buyer}`;
+  const meta = cell("div", "delivery-meta muted");
+  meta.append(seller, cell("span", "", " → "), buyer, cell("span", "num", detail));
+  const bar = cell("div", "delivery-bar");
+  const fill = cell("i");
+  fill.style.width = `${ppm / 10000}%`;
+  bar.append(fill);
+  row.append(head, meta, bar, figures);
+  return row;
 }

@@ -1,4 +1,5 @@
-"""A private redis-server per test, with an fsync-always AOF in the test's directory."""
+"""Integration fixtures: a private redis-server per test (fsync-always AOF in the test's
+directory), and the `cmx serve` processes a test started."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -88,3 +90,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def started() -> Iterator[list[Any]]:
+    """`cmx serve` processes (`tests.integration.test_serve.ServeProcess`) a test started:
+    killed at its end if still running."""
+    processes: list[Any] = []
+    yield processes
+    for process in processes:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()

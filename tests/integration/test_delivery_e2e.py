@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from coincurve import PrivateKey
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
 from chain_bridge.attestation import digest as attestation_digest
 from chain_bridge.attestation import sign, solve
@@ -43,9 +43,8 @@ from engine.journal import read_records
 from engine.keys import dev_keys, read_key
 from engine.recovery import journal_path, restore_snapshot, snapshot_store, verify_data_dir
 from engine.sequencer import decode_sequenced
-from gateway.auth import address_of, login_text, sign_text
 from gateway.cli import main as cmx_main
-from tests.integration.test_serve import ServeProcess
+from tests.integration.test_serve import ServeProcess, login, reply_to
 from tests.integration.test_serve_chain import chain_status, wait_for
 
 NS = 1_000_000_000
@@ -115,23 +114,6 @@ def agents() -> Iterator[Agents]:
     running = Agents()
     yield running
     running.stop_all()
-
-
-def login(ws: ClientConnection, key: str) -> None:
-    welcome = json.loads(ws.recv(timeout=10))
-    account = address_of(key)
-    ws.send(json.dumps({"op": "login", "id": "login", "account": account,
-                        "nonce": welcome["nonce"],
-                        "signature": sign_text(key, login_text(account, welcome["nonce"]))}))
-    reply = reply_to(ws, "login")
-    assert reply["type"] == "logged_in", reply
-
-
-def reply_to(ws: ClientConnection, request_id: object) -> dict[str, Any]:
-    while True:
-        message: dict[str, Any] = json.loads(ws.recv(timeout=10))
-        if message.get("id") == request_id:
-            return message
 
 
 def place(port: int, key: str, side: str, qty: int) -> dict[str, Any]:

@@ -8,14 +8,13 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_account import Account
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
 from chain_bridge.chain import ETHER, embedded
 from chain_bridge.demo_providers import (
@@ -31,33 +30,12 @@ from engine.exchange import Exchange
 from engine.keys import dev_keys
 from engine.recovery import open_data_dir
 from engine.sequencer import decode_sequenced
-from gateway.auth import login_text, sign_text
 from tests.exchange_helpers import new_exchange
-from tests.integration.test_serve import ServeProcess
+from tests.integration.test_serve import ServeProcess, login
 from tests.integration.test_serve_chain import chain_status, wait_for
 
 NODES = 13  # 3 providers x 4 spot underlyings, and the faulty one
 FILLS_WANTED = 3
-
-
-@pytest.fixture
-def started() -> Iterator[list[ServeProcess]]:
-    processes: list[ServeProcess] = []
-    yield processes
-    for process in processes:
-        if process.proc.poll() is None:
-            process.proc.kill()
-            process.proc.wait()
-
-
-def login(ws: ClientConnection, key: str, account: str) -> None:
-    welcome = json.loads(ws.recv(timeout=10))
-    ws.send(json.dumps({"op": "login", "id": "login", "account": account,
-                        "nonce": welcome["nonce"],
-                        "signature": sign_text(key, login_text(account, welcome["nonce"]))}))
-    while (reply := json.loads(ws.recv(timeout=10))).get("id") != "login":
-        pass
-    assert reply["type"] == "logged_in", reply
 
 
 def provider_spot_sells(port: int, wanted: int, timeout: float = 40,
@@ -69,7 +47,7 @@ def provider_spot_sells(port: int, wanted: int, timeout: float = 40,
         for address, key in dev_keys()[:3]:
             ws = stack.enter_context(connect(f"ws://127.0.0.1:{port}/"))
             sockets.append((address, ws))
-            login(ws, key, address)
+            login(ws, key)
             ws.send(json.dumps({"op": "subscribe", "id": 2, "channel": "fills"}))
         sells: dict[tuple[str, int], str] = {}
         deadline = time.monotonic() + timeout

@@ -89,13 +89,14 @@ def serve(data_dir: Path) -> Iterator[ServeProcess]:
         process.proc.wait()
 
 
-def login(ws: ClientConnection) -> str:
-    welcome = json.loads(ws.recv())
-    account = address_of(KEY)
+def login(ws: ClientConnection, key: str = KEY) -> str:
+    """Log in with ``key`` right after connecting; the account."""
+    welcome = json.loads(ws.recv(timeout=10))
+    account = address_of(key)
     ws.send(json.dumps({"op": "login", "id": "login", "account": account,
                         "nonce": welcome["nonce"],
-                        "signature": sign_text(KEY, login_text(account, welcome["nonce"]))}))
-    reply = json.loads(ws.recv())
+                        "signature": sign_text(key, login_text(account, welcome["nonce"]))}))
+    reply = reply_to(ws, "login")
     assert reply["type"] == "logged_in", reply
     return account
 

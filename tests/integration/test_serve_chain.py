@@ -8,11 +8,10 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from websockets.sync.client import connect
@@ -47,16 +46,6 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.2)
-
-
-@pytest.fixture
-def started() -> Iterator[list[ServeProcess]]:
-    processes: list[ServeProcess] = []
-    yield processes
-    for process in processes:
-        if process.proc.poll() is None:
-            process.proc.kill()
-            process.proc.wait()
 
 
 def test_the_demo_clears_batches_to_the_embedded_chain(tmp_path: Path,
