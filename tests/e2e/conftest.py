@@ -6,13 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from playwright.sync_api import Browser, Playwright, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    Playwright,
+    ViewportSize,
+    sync_playwright,
+)
 from websockets.sync.client import ClientConnection, connect
 
 from engine.commands import CreditDeposit, SetCapacity
@@ -31,6 +39,9 @@ SELLER_KEY = "0x" + "22" * 32
 FUNDS = 1_000_000 * 1_000_000  # one million USDC, in micro-USDC
 CAPACITY = 10_000
 REPLY_TIMEOUT_S = 10.0
+WAIT_S = 10.0
+"""How long a page test waits for the page to show something."""
+VIEWPORT: ViewportSize = {"width": 1440, "height": 960}
 
 T = TypeVar("T")
 Ladder = tuple[list[tuple[str, str]], list[tuple[str, str]]]
@@ -177,3 +188,45 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
     chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
     yield chromium
     chromium.close()
+
+
+def wait_for(what: str, check: Callable[[], object], expected: object) -> None:
+    """Poll ``check`` until it returns ``expected``; fail naming what was last seen."""
+    deadline = time.monotonic() + WAIT_S
+    seen = check()
+    while seen != expected:
+        assert time.monotonic() < deadline, f"{what}: expected {expected!r}, page shows {seen!r}"
+        time.sleep(0.05)
+        seen = check()
+
+
+PageOpener = Callable[..., Page]
+"""``open_page()`` (``open_page(allow_404=True)`` where a test expects a 404 to be logged)."""
+
+
+@pytest.fixture
+def open_page(browser: Browser, exchange: ServedExchange) -> Iterator[PageOpener]:
+    """Opens the exchange's market page in a new tab; the test fails if a page reported a
+    script error or logged one to the console (but a 404, for a test that expects one)."""
+    pages: list[Page] = []
+    errors: list[str] = []
+    allowed: list[str] = []
+
+    def record(message: ConsoleMessage) -> None:
+        if message.type == "error" and not any(text in message.text for text in allowed):
+            errors.append(message.text)
+
+    def opener(*, allow_404: bool = False) -> Page:
+        if allow_404:
+            allowed.append("status of 404")
+        page = browser.new_page(viewport=VIEWPORT)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", record)
+        pages.append(page)
+        page.goto(exchange.url)
+        return page
+
+    yield opener
+    for page in pages:
+        page.close()
+    assert errors == []

@@ -5,22 +5,25 @@ ticker must follow, and the client-side book must verify its seq and checksum.""
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize
+from playwright.sync_api import Page
 from websockets.sync.client import connect
 
 from gateway.checksum import book_checksum
-from tests.e2e.conftest import BUYER_KEY, Ladder, ServedExchange, Trader
+from tests.e2e.conftest import (
+    BUYER_KEY,
+    WAIT_S,
+    Ladder,
+    PageOpener,
+    ServedExchange,
+    Trader,
+    wait_for,
+)
 
 SYMBOL = "GPU.H100.SPOT"
 SHOWN_LEVELS = 20
-WAIT_S = 10.0
 ARTIFACTS = Path(__file__).parent / "artifacts"
-VIEWPORT: ViewportSize = {"width": 1440, "height": 960}
 
 BIDS = [("2.400", "5"), ("2.390", "3"), ("2.380", "7"), ("2.350", "10"), ("2.300", "25"),
         ("2.275", "40")]
@@ -37,16 +40,6 @@ BOOK_STATUS = """() => {
   return {state: box.dataset.state, ok: box.dataset.checksumOk, seq: box.dataset.seq,
           failures: document.getElementById("checksum-failures").dataset.count};
 }"""
-
-
-def wait_for(what: str, check: Callable[[], object], expected: object) -> None:
-    """Poll ``check`` until it returns ``expected``; fail naming what was last seen."""
-    deadline = time.monotonic() + WAIT_S
-    seen = check()
-    while seen != expected:
-        assert time.monotonic() < deadline, f"{what}: expected {expected!r}, page shows {seen!r}"
-        time.sleep(0.05)
-        seen = check()
 
 
 def page_ladder(page: Page) -> Ladder:
@@ -66,34 +59,6 @@ def wait_for_engine_ladder(page: Page, exchange: ServedExchange, symbol: str = S
     expected = exchange.ladder(symbol, SHOWN_LEVELS)
     wait_for("ladder", lambda: page_ladder(page), expected)
     wait_for("checksum", lambda: book_status(page)["ok"], "true")
-
-
-PageOpener = Callable[[], Page]
-
-
-@pytest.fixture
-def open_page(browser: Browser, exchange: ServedExchange) -> Iterator[PageOpener]:
-    """Opens the exchange's market page in a new tab; the test fails if a page reported a
-    script error or logged one to the console."""
-    pages: list[Page] = []
-    errors: list[str] = []
-
-    def record(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            errors.append(message.text)
-
-    def opener() -> Page:
-        page = browser.new_page(viewport=VIEWPORT)
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.on("console", record)
-        pages.append(page)
-        page.goto(exchange.url)
-        return page
-
-    yield opener
-    for page in pages:
-        page.close()
-    assert errors == []
 
 
 def test_ladder_trades_and_ticker_follow_the_engine(

@@ -7,22 +7,25 @@ panel stays hidden."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize
+from playwright.sync_api import Page
 
 from chain_bridge.providers import SettledDeliveries, UptimeHistory, providers_report
 from engine.commands import AttestationAccepted, OpenEpoch, RegisterNode
 from engine.delivery import payout
 from engine.events import DeliverySettled
 from gateway.auth import address_of
-from tests.e2e.conftest import SELLER_KEY, ServedExchange, Trader
+from tests.e2e.conftest import (
+    SELLER_KEY,
+    WAIT_S,
+    PageOpener,
+    ServedExchange,
+    Trader,
+    wait_for,
+)
 
-WAIT_S = 10.0
 ARTIFACTS = Path(__file__).parent / "artifacts"
-VIEWPORT: ViewportSize = {"width": 1440, "height": 960}
 SECOND = 1_000_000_000
 EPOCH = 300 * SECOND
 HOUR = 3600 * SECOND
@@ -31,47 +34,6 @@ NODE_A = "0x" + "a1" * 20  # the seller's, attests every epoch
 NODE_B = "0x" + "b2" * 20  # the seller's, misses the window's second epoch
 NODE_C = "0x" + "c3" * 20  # another provider's, has not attested the current epoch yet
 OTHER_PROVIDER = "0x" + "0c" * 20
-
-PageOpener = Callable[..., Page]
-
-
-def wait_for(what: str, check: Callable[[], object], expected: object) -> None:
-    """Poll ``check`` until it returns ``expected``; fail naming what was last seen."""
-    deadline = time.monotonic() + WAIT_S
-    seen = check()
-    while seen != expected:
-        assert time.monotonic() < deadline, f"{what}: expected {expected!r}, page shows {seen!r}"
-        time.sleep(0.05)
-        seen = check()
-
-
-@pytest.fixture
-def open_page(browser: Browser, exchange: ServedExchange) -> Iterator[PageOpener]:
-    """Opens the market page in a new tab; the test fails on a script error or an error in
-    the console (but 404s, for a test that expects one)."""
-    pages: list[Page] = []
-    errors: list[str] = []
-    allowed: list[str] = []
-
-    def record(message: ConsoleMessage) -> None:
-        if message.type == "error" and not any(text in message.text for text in allowed):
-            errors.append(message.text)
-
-    def opener(*, allow_404: bool = False) -> Page:
-        if allow_404:
-            allowed.append("status of 404")
-        page = browser.new_page(viewport=VIEWPORT)
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.on("console", record)
-        pages.append(page)
-        page.goto(exchange.url)
-        return page
-
-    yield opener
-    for page in pages:
-        page.close()
-    assert errors == []
-
 
 def usdc(micro: int) -> str:
     """Micro-USDC as the page shows it: two decimals, truncated."""
