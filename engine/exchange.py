@@ -164,6 +164,7 @@ class Exchange:
         self.deliveries: dict[int, Delivery] = {}
         self._delivery_queue: list[tuple[int, int]] = []  # (window end, id), no nodes
         self._attested_queue: list[tuple[int, int]] = []  # the same, delivered from nodes
+        self._expiries: list[tuple[int, int]] = []  # (expire_ts, id) of GTD orders, lazily
         self.deposits_seen: set[int] = set()
         self.withdrawals_seen: set[int] = set()
         self.fixes: dict[tuple[str, int], int] = {}
@@ -447,6 +448,8 @@ class Exchange:
         order = LiveOrder(event.order_id, cmd.account, market.symbol, cmd.side, limit, 0, 0,
                           cmd)
         self.orders[event.order_id] = order
+        if cmd.tif == TimeInForce.GTD:
+            heapq.heappush(self._expiries, (cmd.expire_ts, event.order_id))
         self._resize(market, order, cmd.qty, release=False)
         self._events.append(OrderAccepted(event.order_id, cmd.account, market.symbol,
                                           cmd.client_order_id, cmd.side, cmd.order_type,
@@ -756,9 +759,14 @@ class Exchange:
                 self._close_delivery(delivery, *self.uptime.settlement(delivery))
 
     def timer_due(self, ts: int) -> bool:
-        """Whether a `Timer` at ``ts`` would close a delivery window or halt or settle a
-        future (cheap: what runs the exchange's clock asks it every second). GTD orders are
-        not counted: a book expires them before its next command anyway."""
+        """Whether a `Timer` at ``ts`` would expire a GTD order, close a delivery window or
+        halt or settle a future (cheap: what runs the exchange's clock asks it every
+        second)."""
+        expiries = self._expiries
+        while expiries and expiries[0][1] not in self.orders:  # filled or cancelled since
+            heapq.heappop(expiries)
+        if expiries and expiries[0][0] < ts:  # a book expires what is earlier than now
+            return True
         if self._delivery_queue and self._delivery_queue[0][0] <= ts:
             return True
         if self._attested_queue and self._attested_queue[0][0] + self.uptime.grace() <= ts:
@@ -987,6 +995,8 @@ class Exchange:
         exchange.ledger.deposited = state.deposited
         exchange.ledger.withdrawn = state.withdrawn
         exchange.orders = {o.order_id: msgspec.structs.replace(o) for o in state.orders}
+        exchange._expiries = sorted((o.placed.expire_ts, o.order_id) for o in state.orders
+                                    if o.placed is not None and o.placed.tif == TimeInForce.GTD)
         for account, symbol, position in state.positions:
             market = exchange.markets[symbol]
             market.positions[account] = msgspec.structs.replace(position)

@@ -28,6 +28,8 @@ from engine.events import (
     Reason,
     Trade,
 )
+from engine.exchange import Exchange
+from engine.exchange_state import decode_state, encode_state
 from engine.ledger import FEE_ACCOUNT, INSURANCE_FUND, Balances
 from engine.messages import MAX_QTY, OrderType, Side, TimeInForce
 from tests.exchange_helpers import (
@@ -38,6 +40,7 @@ from tests.exchange_helpers import (
     GPU_FUT,
     GPU_SPOT,
     HOUR,
+    NS,
     SELL,
     Desk,
     instrument,
@@ -481,3 +484,20 @@ def test_quantities_beyond_the_book_limit_are_refused() -> None:
     events = desk.apply(PlaceOrder(ALICE, GPU_FUT, BUY, MAX_QTY + 1, 500))
     assert one(events, OrderRejected).reason in (Reason.INVALID_QUANTITY,
                                                  Reason.INSUFFICIENT_MARGIN)
+
+
+def test_the_clock_is_due_when_a_resting_gtd_order_expires_also_after_a_restore() -> None:
+    desk = Desk()
+    desk.deposit(ALICE, 10_000_000)
+    expiry = desk.ts + HOUR
+    kept = desk.rest(ALICE, GPU_SPOT, BUY, 1, 2400, tif=GTD, expire_ts=expiry)
+    cancelled = desk.rest(ALICE, GPU_SPOT, BUY, 1, 2390, tif=GTD, expire_ts=expiry - 60 * NS)
+    desk.cancel(ALICE, GPU_SPOT, cancelled)  # its expiry no longer makes the clock due
+    assert not desk.ex.timer_due(expiry - 1)
+    assert not desk.ex.timer_due(expiry)  # a book expires orders earlier than now
+    restored = Exchange.restore(decode_state(encode_state(desk.ex.state())))
+    for exchange in (desk.ex, restored):
+        assert exchange.timer_due(expiry + 1)
+    events = desk.timer(expiry + 1)
+    assert one(events, OrderCancelled).order_id == kept
+    assert not desk.ex.timer_due(expiry + 2)
