@@ -140,6 +140,10 @@ from engine.uptime import Uptime
 _BOOK_REASONS = {reason.value: Reason(reason.name.lower()) for reason in RejectReason}
 
 
+EXPIRIES_SLACK = 1024
+"""GTD expiries of orders gone since (cancelled, filled) kept before the heap is rebuilt."""
+
+
 class Exchange:
     """All instruments, accounts and money of CMX, advanced one sequenced command at a time."""
 
@@ -470,6 +474,8 @@ class Exchange:
         order.remaining = remaining
         if remaining == 0:
             del self.orders[order.order_id]
+            if len(self._expiries) > 2 * len(self.orders) + EXPIRIES_SLACK:
+                self._expiries = self._gtd_expiries()  # drop the gone orders' entries
         if market.spot:
             if order.side == Side.SELL:
                 key = (order.account, market.symbol)
@@ -758,6 +764,11 @@ class Exchange:
             else:
                 self._close_delivery(delivery, *self.uptime.settlement(delivery))
 
+    def _gtd_expiries(self) -> list[tuple[int, int]]:
+        """(expire_ts, order id) of the open GTD orders, as a heap."""
+        return sorted((o.placed.expire_ts, o.order_id) for o in self.orders.values()
+                      if o.placed is not None and o.placed.tif == TimeInForce.GTD)
+
     def timer_due(self, ts: int) -> bool:
         """Whether a `Timer` at ``ts`` would expire a GTD order, close a delivery window or
         halt or settle a future (cheap: what runs the exchange's clock asks it every
@@ -772,7 +783,8 @@ class Exchange:
         if self._attested_queue and self._attested_queue[0][0] + self.uptime.grace() <= ts:
             return True
         return any(not market.spot and not market.settled and (
-            ts >= market.month_end_ns if market.halted else ts >= market.last_trade_ns)
+            ts >= market.month_end_ns and self._month_fixes(market) is not None
+            if market.halted else ts >= market.last_trade_ns)
             for market in self.markets.values())
 
     def _settle_delivery(self, cmd: SettleDelivery) -> None:
@@ -801,14 +813,21 @@ class Exchange:
             self._book(market, MassCancel(self._ts, account_id))
         self._cancel_reason = None
 
-    def _settle_expiry(self, market: Market) -> None:
+    def _month_fixes(self, market: Market) -> list[int] | None:
+        """The index fixes of every day of the future's delivery month, or None while one is
+        missing (the final settlement is their mean: it waits for all of them)."""
         expiry = market.instrument.expiry
         assert expiry is not None
         first = expiry.year * 10000 + expiry.month * 100
         fixes = [price for (underlying, day), price in self.fixes.items()
                  if underlying == market.instrument.underlying and first < day < first + 100]
-        if len(fixes) < calendar.monthrange(expiry.year, expiry.month)[1]:
-            return  # the mean is over every day of the month: wait for the missing fixes
+        return fixes if len(fixes) == calendar.monthrange(expiry.year, expiry.month)[1] \
+            else None
+
+    def _settle_expiry(self, market: Market) -> None:
+        fixes = self._month_fixes(market)
+        if fixes is None:
+            return
         price = market.to_ticks(sum(fixes), len(fixes))
         market.settled = True
         market.mark = price
@@ -995,8 +1014,7 @@ class Exchange:
         exchange.ledger.deposited = state.deposited
         exchange.ledger.withdrawn = state.withdrawn
         exchange.orders = {o.order_id: msgspec.structs.replace(o) for o in state.orders}
-        exchange._expiries = sorted((o.placed.expire_ts, o.order_id) for o in state.orders
-                                    if o.placed is not None and o.placed.tif == TimeInForce.GTD)
+        exchange._expiries = exchange._gtd_expiries()
         for account, symbol, position in state.positions:
             market = exchange.markets[symbol]
             market.positions[account] = msgspec.structs.replace(position)

@@ -28,7 +28,7 @@ from engine.events import (
     Reason,
     Trade,
 )
-from engine.exchange import Exchange
+from engine.exchange import EXPIRIES_SLACK, Exchange
 from engine.exchange_state import decode_state, encode_state
 from engine.ledger import FEE_ACCOUNT, INSURANCE_FUND, Balances
 from engine.messages import MAX_QTY, OrderType, Side, TimeInForce
@@ -501,3 +501,17 @@ def test_the_clock_is_due_when_a_resting_gtd_order_expires_also_after_a_restore(
     events = desk.timer(expiry + 1)
     assert one(events, OrderCancelled).order_id == kept
     assert not desk.ex.timer_due(expiry + 2)
+
+
+def test_expiries_of_cancelled_gtd_orders_do_not_pile_up() -> None:
+    desk = Desk()
+    desk.deposit(ALICE, 10_000_000_000)
+    early = desk.ts + HOUR
+    desk.rest(ALICE, GPU_SPOT, BUY, 1, 2400, tif=GTD, expire_ts=early)
+    for n in range(3_000):  # far-dated GTD orders placed and cancelled at once
+        order_id = desk.rest(ALICE, GPU_SPOT, BUY, 1, 2300, tif=GTD,
+                             expire_ts=early + (n + 1) * HOUR)
+        desk.cancel(ALICE, GPU_SPOT, order_id)
+    assert len(desk.ex.orders) == 1
+    assert len(desk.ex._expiries) <= 2 * len(desk.ex.orders) + EXPIRIES_SLACK
+    assert desk.ex.timer_due(early + 1)

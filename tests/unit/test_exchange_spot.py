@@ -7,6 +7,8 @@ Both: premium locked 100 %, bond 25 %, maker fee 0, taker fee 5 bp.
 
 from __future__ import annotations
 
+import calendar
+
 from engine.commands import SettleDelivery
 from engine.events import (
     BalanceChanged,
@@ -242,4 +244,16 @@ def test_the_clock_is_due_exactly_when_a_window_closes_or_a_future_halts() -> No
     assert desk.ex.timer_due(future.last_trade_ns)
     desk.timer(future.last_trade_ns)
     assert future.halted and not desk.ex.timer_due(future.month_end_ns - 1)
-    assert desk.ex.timer_due(future.month_end_ns)  # settles at the first Timer with a fix
+    # it settles on the mean of its month's fixes: not due while one is missing
+    expiry = future.instrument.expiry
+    assert expiry is not None
+    days = calendar.monthrange(expiry.year, expiry.month)[1]
+    for day in range(1, days):
+        desk.fix(future.instrument.underlying, expiry.year * 10000 + expiry.month * 100 + day,
+                 2_500_000)
+    assert not desk.ex.timer_due(future.month_end_ns + HOUR)
+    desk.fix(future.instrument.underlying, expiry.year * 10000 + expiry.month * 100 + days,
+             2_500_000)
+    assert desk.ex.timer_due(future.month_end_ns)
+    desk.timer(future.month_end_ns)
+    assert future.settled and not desk.ex.timer_due(future.month_end_ns + 1)
