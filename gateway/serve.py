@@ -43,9 +43,9 @@ log = logging.getLogger("cmx.serve")
 
 DEFAULT_DATA_DIR = Path("cmx-data")
 MARKET_DATA_MS = 10
+"""Default interval of book, trade and ticker messages (see `Gateway.flush_market_data`)."""
 CLOCK_S = 1.0
 """How often the exchange's clock looks for a due `Timer`."""
-"""Default interval of book, trade and ticker messages (see `Gateway.flush_market_data`)."""
 
 
 Detach = Callable[[], Awaitable[None]]
@@ -202,9 +202,12 @@ async def run_clock(gateway: Gateway, pump: Callable[[], None],
     delivery window closes, a future halts or settles), so time passes without traders."""
     while True:
         await asyncio.sleep(interval_s)
-        if gateway.exchange.timer_due(gateway.clock()):
-            gateway.submit(Timer())
-            pump()
+        try:
+            if gateway.exchange.timer_due(gateway.clock()):
+                gateway.submit(Timer())
+                pump()
+        except Exception:  # the journal refused, say: the clock tries again, loudly
+            log.exception("the exchange's clock could not sequence a Timer")
 
 
 def _serve(args: argparse.Namespace) -> int:

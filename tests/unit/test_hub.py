@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
-from engine.commands import IndexFix
-from engine.messages import Side
+from engine.commands import IndexFix, PlaceOrder
+from engine.messages import Side, TimeInForce
 from gateway.checksum import book_checksum
 from gateway.hub import Gateway
+from gateway.serve import run_clock
 from gateway.session import ClientSession
 from tests.ws_helpers import (
     ALICE,
@@ -207,3 +210,34 @@ def test_a_new_gateway_knows_live_orders_by_client_id(tmp_path: Path) -> None:
     order = restarted.tracker.find(ALICE, None, "keep")
     assert order is not None and order.order_id == placed["order"]["order_id"]
     floor.close()
+
+
+def test_the_serve_clock_expires_a_gtd_order_and_survives_a_failed_commit(
+        floor: Floor, caplog: pytest.LogCaptureFixture) -> None:
+    now = time.time_ns()
+    for price, expire in ((2400, now + 200_000_000), (2390, now + 600_000_000)):
+        floor.gateway.submit(PlaceOrder(ALICE, SPOT, Side.BUY, 1, price,
+                                        tif=TimeInForce.GTD, expire_ts=expire))
+    floor.pump()
+    orders = set(floor.exchange.orders)
+    assert len(orders) == 2
+    commits = []
+
+    def pump() -> None:  # the first commit fails, as a full disk would make it
+        commits.append(time.monotonic())
+        if len(commits) == 1:
+            raise OSError("no space left on device")
+        floor.pump()
+
+    async def run() -> None:
+        clock = asyncio.create_task(run_clock(floor.gateway, pump, interval_s=0.05))
+        deadline = time.monotonic() + 5
+        while orders & set(floor.exchange.orders) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not clock.done()
+        clock.cancel()
+
+    asyncio.run(run())
+    assert not orders & set(floor.exchange.orders)  # expired by Timers, not by a trader
+    assert len(commits) >= 2  # the clock went on after the failed commit
+    assert "could not sequence a Timer" in caplog.text
