@@ -15,37 +15,40 @@ Every number in the report is an integer: times in ns since the Unix epoch, shar
      "providers": [{"provider", "active_units", "nodes": [{"node", "underlying", "units",
          "status": "active" | "deregistered", "deregistered_at" | null, "epochs_attested",
          "epochs", "uptime_ppm" | null, "attested_current", "last_attested_epoch" | null}]}],
-     "deliveries": [{"delivery_id", "symbol", "underlying", "seller", "buyer", "qty",
+     "deliveries": [{"delivery_id", "symbol", "underlying", "seller", "qty",
          "quantity", "quantity_unit", "window_start", "window_end",
          "status": "pending" | "delivering" | "settling", "allocation": [{"node", "units"}],
          "unallocated", "epochs_opened", "epochs_expected" | null, "delivered", "required",
-         "delivered_ppm" | null}],
-     "settled": [{"delivery_id", "symbol", "seller", "buyer", "qty", "window_start",
+         "delivered_ppm" | null}], "deliveries_open",
+     "settled": [{"delivery_id", "symbol", "seller", "qty", "window_start",
          "window_end", "settled_ns", "delivered", "required", "delivered_ppm",
          "seller_paid", "seller_fee", "buyer_refund", "buyer_compensation",
          "bond_released"}]}
 
-Settled deliveries (the last `SETTLED_KEPT`, newest first, amounts in micro-USDC) come from
-the exchange's events as the gateway releases them (`SettledDeliveries`), so they are exactly
-what the exchange paid.
+Deliveries in progress are the latest `DELIVERIES_SHOWN` (``deliveries_open`` counts them
+all). Settled deliveries (the last `SETTLED_KEPT`, newest first, amounts in micro-USDC) come
+from the exchange's events as the gateway releases them (`SettledDeliveries`), so they are
+exactly what the exchange paid. The report is public: it names the providers (their nodes are
+on chain anyway) but not the buyers, as the public trades channel names no one.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
 from engine.delivery import Delivery
-from engine.events import DeliveryAllocated, DeliveryOpened, DeliverySettled, ExchangeEvent
+from engine.events import DeliveryOpened, DeliverySettled, ExchangeEvent
 from engine.exchange import Exchange
 from engine.uptime import Node, Uptime
 
 SETTLED_KEPT = 20
 """How many settled deliveries the providers view lists."""
+DELIVERIES_SHOWN = 50
+"""How many deliveries in progress it lists (the latest; ``deliveries_open`` counts all)."""
 DAY_NS = 24 * 3600 * 1_000_000_000
 """How far back the uptime goes."""
 PPM = 1_000_000
@@ -142,30 +145,29 @@ class SettledDeliveries:
     """The latest settlements of deliveries made from nodes, fed the exchange's events in
     sequence order (`on_event`); what each paid, from its `DeliverySettled` event."""
 
-    def __init__(self, open_deliveries: Iterable[Delivery] = (),
-                 kept: int = SETTLED_KEPT) -> None:
-        self._open: dict[int, DeliveryOpened] = {}
-        self._from_nodes: set[int] = set()
-        for d in open_deliveries:  # opened before this process started
-            self._open[d.delivery_id] = DeliveryOpened(
-                d.delivery_id, d.symbol, d.trade_id, d.seller, d.buyer, d.qty, d.window_start,
-                d.window_end, d.premium, d.bond)
+    def __init__(self, exchange: Exchange, kept: int = SETTLED_KEPT) -> None:
+        self._exchange = exchange
+        self._open: dict[int, DeliveryOpened] = {}  # deliveries from nodes not settled yet
+        for d in exchange.deliveries.values():  # opened before this process started
             if d.allocation is not None:
-                self._from_nodes.add(d.delivery_id)
+                self._open[d.delivery_id] = DeliveryOpened(
+                    d.delivery_id, d.symbol, d.trade_id, d.seller, d.buyer, d.qty,
+                    d.window_start, d.window_end, d.premium, d.bond)
         self.recent: deque[dict[str, Any]] = deque(maxlen=kept)
 
     def on_event(self, event: ExchangeEvent, ts: int) -> None:
-        """One released event, ``ts`` its command's time."""
+        """One released event, ``ts`` its command's time. A delivery is from nodes if the
+        exchange allocated it to its seller's nodes, even to none (they all went dark)."""
         if isinstance(event, DeliveryOpened):
-            self._open[event.delivery_id] = event
-        elif isinstance(event, DeliveryAllocated):
-            self._from_nodes.add(event.delivery_id)
+            held = self._exchange.deliveries.get(event.delivery_id)  # open: its window is ahead
+            if held is not None and held.allocation is not None:
+                self._open[event.delivery_id] = event
         elif isinstance(event, DeliverySettled):
             opened = self._open.pop(event.delivery_id, None)
-            if event.delivery_id in self._from_nodes and opened is not None:
+            if opened is not None:
                 self.recent.appendleft({
                     "delivery_id": event.delivery_id, "symbol": opened.symbol,
-                    "seller": opened.seller, "buyer": opened.buyer, "qty": opened.qty,
+                    "seller": opened.seller, "qty": opened.qty,
                     "window_start": opened.window_start, "window_end": opened.window_end,
                     "settled_ns": ts, "delivered": event.delivered, "required": event.required,
                     "delivered_ppm": event.delivered * PPM // event.required,
@@ -174,7 +176,6 @@ class SettledDeliveries:
                     "buyer_compensation": event.buyer_compensation,
                     "bond_released": event.bond_released,
                 })
-            self._from_nodes.discard(event.delivery_id)
 
 
 def providers_report(exchange: Exchange, history: UptimeHistory, now_ns: int,
@@ -193,6 +194,7 @@ def providers_report(exchange: Exchange, history: UptimeHistory, now_ns: int,
     history.observe(uptime)
     last = uptime.last_epoch()
     window = history.window(now_ns)
+    from_nodes = [d for _, d in sorted(exchange.deliveries.items()) if d.allocation is not None]
     return {
         "now_ns": now_ns,
         "epoch": None if last is None else {
@@ -207,9 +209,8 @@ def providers_report(exchange: Exchange, history: UptimeHistory, now_ns: int,
             history.first_start_ns <= now_ns - history.keep_ns,
         },
         "providers": _providers(uptime, history, window, now_ns),
-        "deliveries": [_delivery(exchange, d, now_ns)
-                       for _, d in sorted(exchange.deliveries.items())
-                       if d.allocation is not None],
+        "deliveries": [_delivery(exchange, d, now_ns) for d in from_nodes[-DELIVERIES_SHOWN:]],
+        "deliveries_open": len(from_nodes),
         "settled": list(settled.recent) if settled is not None else [],
     }
 
@@ -291,7 +292,6 @@ def _delivery(exchange: Exchange, delivery: Delivery, now_ns: int) -> dict[str, 
         "symbol": delivery.symbol,
         "underlying": delivery.underlying,
         "seller": delivery.seller,
-        "buyer": delivery.buyer,
         "qty": delivery.qty,
         "quantity": market.instrument.lots_to_qty(delivery.qty) if market else None,
         "quantity_unit": market.instrument.quantity_unit if market else None,

@@ -142,8 +142,10 @@ class ChainService:
         self.collector: Collector | None = None
         self.attestations_accepted = 0
         self._status_at = 0.0  # time.monotonic() of the chain's last status
+        self._providers_report: dict[str, Any] | None = None
+        self._providers_at = 0.0
         self.history = UptimeHistory()  # what /api/providers reports uptime from
-        self.settled = SettledDeliveries(gateway.exchange.deliveries.values())
+        self.settled = SettledDeliveries(gateway.exchange)
         """The latest deliveries from nodes settled (/api/providers), from the events."""
         self._observed = 0.0  # time.monotonic() of the history's last look at the engine
         self.archive: AttestationArchive | None = None
@@ -166,8 +168,7 @@ class ChainService:
         self._status = await self._call(self._status_now)
         self.server.routes["/api/chain"] = lambda _query: self._status
         self.server.routes["/api/chain/withdrawal"] = self._withdrawal
-        self.server.routes["/api/providers"] = lambda _query: providers_report(
-            self.gateway.exchange, self.history, time.time_ns(), self.settled)
+        self.server.routes["/api/providers"] = self._providers
         self.gateway.event_listeners.append(self.settled.on_event)
         self.server.routes["/api/chain/proof"] = self._proof
         self.server.routes["/api/chain/node"] = self._node
@@ -430,6 +431,15 @@ class ChainService:
             self._last_cut = now
             self.gateway.submit(ClearingCut())
             self.server.pump()
+
+    def _providers(self, _query: dict[str, str]) -> dict[str, Any]:
+        """``/api/providers``, computed at most once a second however many pages poll it."""
+        now = time.monotonic()
+        if self._providers_report is None or now - self._providers_at >= STATUS_S:
+            self._providers_report = providers_report(self.gateway.exchange, self.history,
+                                                      time.time_ns(), self.settled)
+            self._providers_at = now
+        return self._providers_report
 
     def _node(self, query: dict[str, str]) -> dict[str, Any] | None:
         """A registered node as the engine knows it, and until when deliveries already sold

@@ -267,7 +267,7 @@ export class ProvidersView {
   }
 }
 
-/** One delivery's card: id, symbol, window and a badge; seller → buyer and ``detail``; a bar
+/** One delivery's card: id, symbol, window and a badge; the seller and ``detail``; a bar
  * filled to ``ppm``; then ``figures``. */
 function deliveryCard(d, state, badge, detail, ppm, figures) {
   const row = cell("div", `provider-delivery ${state}`);
@@ -283,10 +283,8 @@ function deliveryCard(d, state, badge, detail, ppm, figures) {
     cell("span", `delivery-status ${state}`, badge));
   const seller = cell("span", "num", shortAddress(d.seller));
   seller.title = `seller ${d.seller}`;
-  const buyer = cell("span", "num", shortAddress(d.buyer));
-  buyer.title = `buyer ${d.buyer}`;
   const meta = cell("div", "delivery-meta muted");
-  meta.append(seller, cell("span", "", " → "), buyer, cell("span", "num", detail));
+  meta.append(cell("span", "", "from "), seller, cell("span", "num", detail));
   const bar = cell("div", "delivery-bar");
   const fill = cell("i");
   fill.style.width = `${ppm / 10000}%`;

@@ -64,7 +64,8 @@ def test_the_providers_panel_shows_nodes_epoch_and_deliveries(
     provider = address_of(SELLER_KEY)
     history = UptimeHistory()
     uptime = exchange.gateway.exchange.uptime
-    settled = SettledDeliveries()  # fed the released events, as the chain service does
+    # fed the released events, as the chain service does
+    settled = exchange.call(lambda: SettledDeliveries(exchange.gateway.exchange))
     exchange.call(lambda: exchange.gateway.event_listeners.append(settled.on_event))
 
     def run(*commands: object) -> None:

@@ -18,8 +18,6 @@ from chain_bridge.providers import DAY_NS, SettledDeliveries, UptimeHistory, pro
 from engine.commands import AttestationAccepted, DeregisterNode, OpenEpoch, RegisterNode
 from engine.events import (
     AttestationRecorded,
-    DeliveryAllocated,
-    DeliveryOpened,
     DeliverySettled,
     EpochOpened,
 )
@@ -122,6 +120,7 @@ def test_an_exchange_without_nodes_or_epochs_reports_nothing() -> None:
         "history": {"since_ns": None, "window_ns": DAY_NS, "epochs": 0, "full": False},
         "providers": [],
         "deliveries": [],
+        "deliveries_open": 0,
         "settled": [],
     }
 
@@ -268,7 +267,7 @@ def test_a_delivery_is_pending_then_delivering_then_settling() -> None:
     pending, = feed.report()["deliveries"]
     assert pending == {
         "delivery_id": delivery_id, "symbol": GPU_SPOT, "underlying": "GPU.H100",
-        "seller": BOB, "buyer": ALICE, "qty": 6, "quantity": "6", "quantity_unit": "GPU-hour",
+        "seller": BOB, "qty": 6, "quantity": "6", "quantity_unit": "GPU-hour",
         "window_start": WINDOW_START, "window_end": WINDOW_END, "status": "pending",
         "allocation": [{"node": node(1), "units": 4}, {"node": node(2), "units": 2}],
         "unallocated": 0, "epochs_opened": 0, "epochs_expected": 12,
@@ -371,8 +370,9 @@ def test_delivered_never_exceeds_required_and_ends_at_the_settlement(
 
 
 def test_settled_deliveries_from_nodes_are_listed_with_what_the_exchange_paid() -> None:
-    feed = Feed(BOB, CAROL)
-    live = SettledDeliveries()  # fed every event, as the gateway releases them
+    plain = account(77)  # sells without nodes (SetCapacity): never listed
+    feed = Feed(BOB, CAROL, plain)
+    live = SettledDeliveries(feed.desk.ex)  # fed every event, as the gateway releases them
     restarted: SettledDeliveries | None = None  # made from the open deliveries mid-way
 
     def feed_events(events: Iterable[Any], ts: int) -> None:
@@ -383,44 +383,57 @@ def test_settled_deliveries_from_nodes_are_listed_with_what_the_exchange_paid() 
 
     feed.register(node(1), BOB, 4)
     feed.register(node(2), BOB, 4)
-    feed.epoch(2, [node(1), node(2)])
+    feed.register(node(5), CAROL, 4)
+    feed.epoch(2, [node(1), node(2), node(5)])
     feed.desk.rest(BOB, GPU_SPOT, SELL, 6, 2600)
-    feed_events(feed.desk.place(ALICE, GPU_SPOT, BUY, 6, 2600), feed.desk.ts)
-    feed.desk.capacity(CAROL, "GPU.H100", 5)  # Carol sells without nodes: not listed
     feed.desk.rest(CAROL, GPU_SPOT, SELL, 2, 2600)
+    for epoch in (3, 4, 5):  # Carol's node goes dark: her ask fills on no node at all
+        feed.epoch(epoch, [node(1), node(2)])
+    feed_events(feed.desk.place(ALICE, GPU_SPOT, BUY, 8, 2600), feed.desk.ts)
+    feed.desk.capacity(plain, "GPU.H100", 5)
+    feed.desk.rest(plain, GPU_SPOT, SELL, 2, 2600)
     feed_events(feed.desk.place(ALICE, GPU_SPOT, BUY, 2, 2600), feed.desk.ts)
-    restarted = SettledDeliveries(feed.desk.ex.deliveries.values())
+    sellers = {d.seller: d for d in feed.desk.ex.deliveries.values()}
+    assert sellers[CAROL].allocation == [] and sellers[plain].allocation is None
+    restarted = SettledDeliveries(feed.desk.ex)
     for epoch in range(12, 24):  # node 2 attests the first half of the window only
         feed.epoch(epoch, [node(1)] + ([node(2)] if epoch < 18 else []))
     events = feed.desk.timer(WINDOW_END + EPOCH)
     feed_events(events, WINDOW_END + EPOCH)
     paid = {e.delivery_id: e for e in of_type(events, DeliverySettled)}
-    assert len(paid) == 2
-    bob_id = min(paid)
-    outcome = paid[bob_id]
-    assert (outcome.delivered, outcome.required) == (4 * 12 + 2 * 6, 6 * 12)
-    expected = {
-        "delivery_id": bob_id, "symbol": GPU_SPOT, "seller": BOB, "buyer": ALICE, "qty": 6,
-        "window_start": WINDOW_START, "window_end": WINDOW_END,
-        "settled_ns": WINDOW_END + EPOCH, "delivered": 60, "required": 72,
-        "delivered_ppm": 60 * 1_000_000 // 72, "seller_paid": outcome.seller_paid,
-        "seller_fee": outcome.seller_fee, "buyer_refund": outcome.buyer_refund,
-        "buyer_compensation": outcome.buyer_compensation,
-        "bond_released": outcome.bond_released,
-    }
-    assert outcome.buyer_compensation > 0 and outcome.buyer_refund > 0
+    assert len(paid) == 3
+
+    def listed(seller: str, delivered: int, required: int) -> dict[str, Any]:
+        delivery = sellers[seller]
+        outcome = paid[delivery.delivery_id]
+        assert (outcome.delivered, outcome.required) == (delivered, required)
+        return {
+            "delivery_id": delivery.delivery_id, "symbol": GPU_SPOT, "seller": seller,
+            "qty": delivery.qty, "window_start": WINDOW_START, "window_end": WINDOW_END,
+            "settled_ns": WINDOW_END + EPOCH, "delivered": delivered, "required": required,
+            "delivered_ppm": delivered * 1_000_000 // required,
+            "seller_paid": outcome.seller_paid, "seller_fee": outcome.seller_fee,
+            "buyer_refund": outcome.buyer_refund,
+            "buyer_compensation": outcome.buyer_compensation,
+            "bond_released": outcome.bond_released,
+        }
+
+    expected = [listed(CAROL, 0, 2 * 12), listed(BOB, 4 * 12 + 2 * 6, 6 * 12)]  # newest first
+    assert expected[0]["buyer_compensation"] > 0 and expected[1]["buyer_refund"] > 0
     assert providers_report(feed.desk.ex, feed.history, feed.desk.ts, live)["settled"] == \
-        [expected]
-    assert list(restarted.recent) == [expected]
+        expected
+    assert list(restarted.recent) == expected
 
 
 def test_only_the_latest_settlements_are_kept_newest_first() -> None:
-    settled = SettledDeliveries(kept=2)
-    for delivery_id in (1, 2, 3):
-        settled.on_event(DeliveryOpened(delivery_id, GPU_SPOT, delivery_id, BOB, ALICE, 1,
-                                        WINDOW_START, WINDOW_END, 2_600_000, 650_000), 0)
-        settled.on_event(DeliveryAllocated(delivery_id, node(1), 1), 0)
-    for delivery_id in (2, 1, 3):
-        settled.on_event(DeliverySettled(delivery_id, 1, 1, 2_600_000, 0, 0, 0, 650_000),
-                         delivery_id)
-    assert [d["delivery_id"] for d in settled.recent] == [3, 1]
+    feed = Feed(BOB)
+    settled = SettledDeliveries(feed.desk.ex, kept=2)
+    feed.register(node(1), BOB, 4)
+    feed.epoch(2, [node(1)])
+    feed.desk.rest(BOB, GPU_SPOT, SELL, 3, 2600)
+    for _ in range(3):
+        for event in feed.desk.place(ALICE, GPU_SPOT, BUY, 1, 2600):
+            settled.on_event(event, feed.desk.ts)
+    for event in feed.desk.timer(WINDOW_END + EPOCH):
+        settled.on_event(event, WINDOW_END + EPOCH)
+    assert [d["delivery_id"] for d in settled.recent] == [3, 2]
