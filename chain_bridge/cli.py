@@ -14,10 +14,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from engine.keys import read_key
 
@@ -99,6 +102,12 @@ def register(commands: Any) -> None:
     proof.add_argument("--node", required=True, metavar="ADDRESS", help="the node's address")
     proof.add_argument("--epoch", required=True, type=int, help="the uptime epoch")
     proof.add_argument("--json", action="store_true", help="print JSON")
+    proof.add_argument("--rpc-url", default=None, metavar="URL",
+                       help="ask this chain node for the on-chain checks instead of the "
+                       "server (which is the party being checked)")
+    proof.add_argument("--deployment", type=Path, default=None, metavar="FILE",
+                       help="with --rpc-url: the contracts' addresses (a deployment JSON, "
+                       "as cmx serve records it), instead of the ones the server names")
     proof.set_defaults(handler=_proof)
     _register_node_agent(commands)
 
@@ -215,15 +224,20 @@ PROOF_CHECKS = {
 """The checks of `check_proof`, and what each means."""
 
 
-def check_proof(url: str, found: dict[str, Any]) -> dict[str, bool | None]:
+def check_proof(url: str, found: dict[str, Any], rpc_url: str | None = None,
+                deployment_file: Path | None = None) -> dict[str, bool | None]:
     """The checks (`PROOF_CHECKS`) of an archived proof ``found`` (`chain_proof`, not
-    pending), the on-chain ones through the server's ``/chain`` at ``url``: True or False,
-    None when it cannot be made (no beacon or signature archived). `ValueError` for a
-    malformed field, `ChainError` if the server refuses."""
+    pending): True or False, None when one cannot be made (no beacon or signature archived).
+    The on-chain ones go through the server's ``/chain`` at ``url``, or with ``rpc_url`` to
+    that node directly (contract addresses from ``deployment_file``, else the server's).
+    `ValueError` for a malformed field, `ChainError` if the server or node refuses."""
+    from chain_bridge import deployment as deployments  # noqa: PLC0415
     from chain_bridge.attestation import digest  # noqa: PLC0415 (web3: only here)
     from chain_bridge.batches import attestation_leaf  # noqa: PLC0415
+    from chain_bridge.chain import rpc  # noqa: PLC0415
+    from chain_bridge.deployment import Deployment  # noqa: PLC0415
     from chain_bridge.merkle import verify_proof  # noqa: PLC0415
-    from chain_bridge.wallet import WalletClient  # noqa: PLC0415
+    from chain_bridge.wallet import WalletClient, WalletDesk  # noqa: PLC0415
     from engine.clearing import BatchAttestation  # noqa: PLC0415
 
     def raw(value: Any, name: str) -> bytes:
@@ -240,7 +254,16 @@ def check_proof(url: str, found: dict[str, Any]) -> dict[str, bool | None]:
     root = raw(found["root"], "root")
     proof = [raw(sibling, "proof") for sibling in found["proof"]]
     client = WalletClient(url)
-    info = client.request({"op": "info"})
+    info = client.request({"op": "info"}) if deployment_file is None else \
+        msgspec.to_builtins(deployments.load(deployment_file))
+    ask: Callable[[dict[str, Any]], dict[str, Any]] = client.request
+    if rpc_url is not None:
+        chain = rpc(rpc_url)
+        found_deployment = msgspec.convert(info, Deployment)
+        deployments.check(chain, found_deployment)
+        desk = WalletDesk(chain, found_deployment)
+        ask = desk.verify_attestation
+        info = {**info, "chain_id": chain.chain_id}
     complete = found.get("beacon") is not None and found.get("signature") is not None
     checks: dict[str, bool | None] = {
         "leaf": leaf == raw(found["leaf"], "leaf"),
@@ -251,7 +274,7 @@ def check_proof(url: str, found: dict[str, Any]) -> dict[str, bool | None]:
         again = digest(int(info["chain_id"]), info["registry"], node, epoch,
                        raw(found["beacon"], "beacon"), nonce)
         checks["digest"] = again == raw(found["digest"], "digest")
-    reply = client.request({
+    reply = ask({
         "op": "verify_attestation", "node": node, "epoch": epoch,
         "beacon": found["beacon"] if complete else "0x" + "00" * 32, "nonce": nonce,
         "signature": found["signature"] if complete else "0x", "batch_id": found["batch_id"],
@@ -279,7 +302,13 @@ def _proof(args: argparse.Namespace) -> int:
             print(f"cmx chain proof: {what} was accepted but no batch settled on chain "
                   "commits it yet: try again after the next batch", file=sys.stderr)
             return 1
-        checks = check_proof(f"ws://{args.host}:{args.port}/chain", found)
+        if found.get("node") != node or found.get("epoch") != args.epoch:
+            print(f"cmx chain proof: the server answered with the attestation of "
+                  f"{found.get('node')} for epoch {found.get('epoch')}, not {what}",
+                  file=sys.stderr)
+            return 2
+        checks = check_proof(f"ws://{args.host}:{args.port}/chain", found, args.rpc_url,
+                             args.deployment)
     except (ConnectionError, ValueError, KeyError, TypeError, ChainError) as exc:
         print(f"cmx chain proof: {exc!s}", file=sys.stderr)
         return 1

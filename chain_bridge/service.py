@@ -76,6 +76,7 @@ log = logging.getLogger("cmx.chain")
 T = TypeVar("T")
 
 POLL_MS = 200
+MAX_UINT64_DIGITS = 20
 STATUS_S = 1.0
 """How often the chain's part of ``/api/chain`` is read again."""
 DEV_ETHER = 100 * ETHER
@@ -477,7 +478,8 @@ class ChainService:
     def _proof(self, query: dict[str, str]) -> dict[str, Any] | None:
         """``/api/chain/proof?node=A&epoch=N``: `AttestationArchive.proof` (None: 404)."""
         node, epoch = query.get("node", ""), query.get("epoch", "")
-        if self.archive is None or not epoch.isdigit():
+        if self.archive is None or not (epoch.isascii() and epoch.isdigit()) or \
+                len(epoch) > MAX_UINT64_DIGITS:
             return None
         return self.archive.proof(node, int(epoch))
 

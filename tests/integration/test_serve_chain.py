@@ -8,10 +8,13 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from websockets.sync.client import connect
@@ -225,18 +228,7 @@ def test_a_registered_node_attests_every_epoch_through_the_agent(
         root != "0x" + "00" * 32 for root in chain_status(serve.port)["attestation_roots"]
         .values()))
     # `cmx chain proof` proves an epoch whose batch settled, here and on chain
-    settled: list[int] = []
-
-    def a_settled_epoch() -> bool:
-        last = chain_status(serve.port)["epoch"]
-        for epoch in range(last, last - 300, -1):
-            found = chain_proof("127.0.0.1", serve.port, node, epoch)
-            if found is not None and not found["pending"]:
-                settled.append(epoch)
-                return True
-        return False
-
-    wait_for("an attestation proof from a settled batch", a_settled_epoch)
+    settled = [settled_epoch(serve.port, node)]
     proof = cmx("chain", "proof", "--node", node, "--epoch", str(settled[0]), "--port",
                 str(serve.port))
     assert proof.returncode == 0, proof.stdout + proof.stderr
@@ -251,3 +243,79 @@ def test_a_registered_node_attests_every_epoch_through_the_agent(
     assert report["passed"] is True and all(report["checks"].values())
     unknown = cmx("chain", "proof", "--node", node, "--epoch", "1", "--port", str(serve.port))
     assert unknown.returncode == 1 and "unknown" in unknown.stderr
+    for odd in ("%C2%B2", "9" * 5000, "-1", "1e3"):  # "²" is a digit to str.isdigit
+        with pytest.raises(urllib.error.HTTPError) as answered:
+            urllib.request.urlopen(f"http://127.0.0.1:{serve.port}/api/chain/proof?node="
+                                   f"{node}&epoch={odd}", timeout=5)
+        assert answered.value.code == 404, odd
+
+
+def settled_epoch(port: int, node: str) -> int:
+    """An epoch the node attested whose batch has settled on chain (waits for one)."""
+    settled: list[int] = []
+
+    def a_settled_epoch() -> bool:
+        last = chain_status(port)["epoch"]
+        for epoch in range(last, last - 300, -1):
+            found = chain_proof("127.0.0.1", port, node, epoch)
+            if found is not None and not found["pending"]:
+                settled.append(epoch)
+                return True
+        return False
+
+    wait_for("an attestation proof from a settled batch", a_settled_epoch)
+    return settled[0]
+
+
+def test_an_attestation_is_proven_against_a_node_the_prover_chooses(
+        tmp_path: Path, started: list[ServeProcess]) -> None:
+    """`cmx chain proof --rpc-url --deployment`: the on-chain checks go to a node and
+    contracts of the prover's choosing, not through the server being checked."""
+    anvil = AnvilNode()
+    anvil.start()
+    agent = None
+    try:
+        chain = rpc(anvil.url, kind="anvil")
+        operator: LocalAccount = Account.from_key("0x" + "a5" * 32)
+        chain.fund(operator.address, 10 * ETHER)
+        save(deploy(chain, operator, forced_withdrawal_delay_s=600, difficulty=16),
+             tmp_path / "deployment.json")
+        (tmp_path / "operator.key").write_text("0x" + "a5" * 32)
+        serve = ServeProcess(tmp_path / "data", "--chain", "none", "--rpc-url", anvil.url,
+                             "--deployment", str(tmp_path / "deployment.json"),
+                             "--operator-key", str(tmp_path / "operator.key"),
+                             "--confirmations", "0", "--fix-port", "-1",
+                             "--batch-interval", "1", "--epoch-seconds", "1")
+        started.append(serve)
+        key_file = tmp_path / "node.key"
+        node = cmx("node-agent", "keygen", str(key_file)).stdout.split()[-1].lower()
+        registered = cmx("provider", "register-node", "--port", str(serve.port), "--key",
+                         dev_keys()[1][1], "--node", node, "--class", "GPU.H100", "--units",
+                         "8")
+        assert registered.returncode == 0, registered.stderr
+        agent = subprocess.Popen([sys.executable, "-m", "gateway.cli", "node-agent",
+                                  "--key-file", str(key_file), "--url",
+                                  f"ws://127.0.0.1:{serve.port}/"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        epoch = settled_epoch(serve.port, node)
+        own = cmx("chain", "proof", "--node", node, "--epoch", str(epoch), "--port",
+                  str(serve.port), "--rpc-url", anvil.url, "--deployment",
+                  str(tmp_path / "deployment.json"), "--json")
+        assert own.returncode == 0, own.stdout + own.stderr
+        report = json.loads(own.stdout)
+        assert report["passed"] is True and all(report["checks"].values())
+        # the same contracts' addresses on another chain: the prover's node says no
+        other = AnvilNode()
+        other.start()
+        try:
+            refused = cmx("chain", "proof", "--node", node, "--epoch", str(epoch), "--port",
+                          str(serve.port), "--rpc-url", other.url, "--deployment",
+                          str(tmp_path / "deployment.json"))
+        finally:
+            other.stop()
+        assert refused.returncode == 1 and "contract at" in refused.stderr, refused.stderr
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(timeout=10)
+        anvil.stop()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from gateway.cli import build_parser
+from gateway.cli import build_parser, main
 
 CMX = [sys.executable, "-m", "gateway.cli"]
 
@@ -78,3 +80,38 @@ def test_shard_map_errors_are_clear(tmp_path: Path) -> None:
     broken = subprocess.run([*base, "--name", "gpu"], capture_output=True, text=True,
                             check=False)
     assert broken.returncode == 2 and "cmx shard:" in broken.stderr
+
+
+def test_chain_proof_refuses_a_server_answering_for_another_attestation(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A server that proves some other node-epoch than the one asked for is caught before
+    any check could pass on that other attestation."""
+    other = {"pending": False, "batch_id": 3, "node": "0x" + "22" * 20, "epoch": 7,
+             "nonce": 1, "digest": "0x" + "33" * 32, "beacon": "0x" + "44" * 32,
+             "signature": "0x" + "55" * 65, "leaf": "0x" + "66" * 32, "proof": [],
+             "root": "0x" + "66" * 32}
+
+    class Lying(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(other).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Lying)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        asked = "0x" + "11" * 20
+        status = main(["chain", "proof", "--node", asked, "--epoch", "7", "--port",
+                       str(server.server_address[1])])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status == 2
+    assert f"not the attestation of {asked} for epoch 7" in capsys.readouterr().err
