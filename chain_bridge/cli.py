@@ -66,8 +66,9 @@ def register(commands: Any) -> None:
     register_node.set_defaults(handler=_register_node)
     deregister = provider_sub.add_parser(
         "deregister-node", help="deregister a node, with notice",
-        description="Ends NODE's activity in the UptimeRegistry at --at (default: when the "
-        "last delivery window already sold on it ends, or in a minute if none). From then it "
+        description="Ends NODE's activity in the UptimeRegistry at --at (default: the end "
+        "of the last delivery window sold on it or that it may still sell before the "
+        "deregistration reaches the exchange, about ten minutes). From then it "
         "sells no window ending later; a time before the end of windows already sold on it is "
         "refused unless --force (those epochs would count as undelivered, and the buyers be "
         "compensated from the provider's bond). A deregistration can only be brought forward.")
@@ -410,13 +411,17 @@ def _deregister_node(args: argparse.Namespace) -> int:
         print(f"cmx provider deregister-node: the exchange knows no node {node}",
               file=sys.stderr)
         return 1
-    sold_until = info["sold_until_ns"]
-    held = -(-sold_until // 1_000_000_000) if sold_until is not None else None
+    held, safe = (-(-info[key] // 1_000_000_000) if info.get(key) is not None else None
+                  for key in ("sold_until_ns", "safe_from_ns"))
     if args.at is not None and held is not None and args.at < held and not args.force:
         print(f"cmx provider deregister-node: deliveries already sold hold {node} until "
               f"{_iso(held)}; give --at {_iso(held)} or later, or --force",
               file=sys.stderr)
         return 1
+    if args.at is not None and safe is not None and args.at < safe and not args.force:
+        print(f"cmx provider deregister-node: warning: {node} sells windows until the "
+              f"deregistration is sequenced; one ending after {_iso(args.at)} would count "
+              f"as undelivered ({_iso(safe)} or later is sure to be safe)", file=sys.stderr)
     url = f"ws://{args.host}:{args.port}/chain"
     try:
         # not before the chain's clock (the registry refuses the past), with room to be mined
@@ -427,7 +432,7 @@ def _deregister_node(args: argparse.Namespace) -> int:
                   f"--at {_iso(earliest)} or later", file=sys.stderr)
             return 1
         at = args.at if args.at is not None else \
-            max(held or math.ceil(time.time()) + DEREGISTER_NOTICE_S, earliest)
+            max(safe or held or math.ceil(time.time()) + DEREGISTER_NOTICE_S, earliest)
         receipt = deregister_node(url, read_key(args.key), node, at)
     except (ValueError, ChainError) as exc:
         print(f"cmx provider deregister-node: {exc}", file=sys.stderr)

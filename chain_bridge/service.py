@@ -66,8 +66,10 @@ from engine.commands import (
     ExchangeCommand,
     OpenEpoch,
 )
+from engine.delivery import window_start
 from engine.events import ExchangeEvent
 from engine.exchange import Exchange
+from engine.instruments import spot_symbol
 from engine.keys import dev_keys, read_key
 from engine.ledger import INSURANCE_FUND
 
@@ -76,6 +78,9 @@ log = logging.getLogger("cmx.chain")
 T = TypeVar("T")
 
 POLL_MS = 200
+DEREGISTER_LEAD_NS = 10 * 60 * 1_000_000_000
+"""How long a deregistration may take to be sequenced (mined, confirmed, polled): the node
+sells windows until then."""
 MAX_UINT64_DIGITS = 20
 STATUS_S = 1.0
 """How often the chain's part of ``/api/chain`` is read again."""
@@ -443,18 +448,28 @@ class ChainService:
         return self._providers_report
 
     def _node(self, query: dict[str, str]) -> dict[str, Any] | None:
-        """A registered node as the engine knows it, and until when deliveries already sold
-        hold it (``sold_until_ns``: the latest end of an open delivery window allocated to
-        it, None if none), for ``cmx provider deregister-node``."""
+        """A registered node as the engine knows it, for ``cmx provider deregister-node``:
+        until when deliveries already sold hold it (``sold_until_ns``: the latest end of an
+        open delivery window allocated to it, None if none), and from when a deregistration
+        sent now is sure to honour every sale (``safe_from_ns``: also past the window a fill
+        could still sell before the deregistration is sequenced, `DEREGISTER_LEAD_NS`)."""
         exchange = self.gateway.exchange
         node = exchange.uptime.nodes.get(query.get("node", "").lower())
         if node is None:
             return None
         ends = [d.window_end for d in exchange.deliveries.values()
                 if any(held == node.node for held, _ in d.allocation or ())]
+        sold_until = max(ends, default=None)
+        # the node sells until the chain's deregistration is sequenced: a fill DEREGISTER_LEAD
+        # from now would sell up to the end of the window after it
+        market = exchange.markets.get(spot_symbol(node.underlying))
+        safe_from = sold_until
+        if market is not None:
+            lead = window_start(time.time_ns() + DEREGISTER_LEAD_NS, market.window_ns)
+            safe_from = max(sold_until or 0, lead + market.window_ns)
         return {"node": node.node, "provider": node.provider, "underlying": node.underlying,
                 "units": node.units, "deregistered_at_ns": node.deregistered_at,
-                "sold_until_ns": max(ends, default=None)}
+                "sold_until_ns": sold_until, "safe_from_ns": safe_from}
 
     def _withdrawal(self, query: dict[str, str]) -> dict[str, Any] | None:
         bridge = self.bridge

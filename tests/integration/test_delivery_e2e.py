@@ -175,17 +175,17 @@ def settled_run(serve: ServeProcess, tmp_path: Path, agents: Agents) -> None:
         assert placed["type"] == "order", placed
     bought = place(serve.port, buyer, "buy", 3 * 2 * UNITS)
     assert bought["type"] == "order" and bought["order"]["status"] == "filled", bought
-    filled_ns = time.time_ns()
-    window_start = (filled_ns // (WINDOW_S * NS) + 1) * WINDOW_S * NS
-    window_end = window_start + WINDOW_S * NS
-    # a provider gives notice for a node whose window is sold: not before the window's end
-    leaving = max(node for node, provider in nodes.items() if provider == providers[2])
-    give_notice(serve.port, providers[2], leaving, window_end, tmp_path)
+    windows = {(d["window_start"], d["window_end"]) for d in open_deliveries(serve.port)}
+    assert len(windows) == 1, windows  # one fill: one window for the three deliveries
+    ((window_start, window_end),) = windows
     # halfway through the window, the first node of the first provider goes down
     stopped = min(node for node, provider in nodes.items() if provider == providers[0])
     time.sleep(max(0.0, (window_start + WINDOW_S * NS // 2 - time.time_ns()) / NS))
     agents.stop(stopped)
     (tmp_path / "stopped").write_text(f"{stopped} {time.time_ns()}")
+    # a provider gives notice for a node whose window is sold: not before the window's end
+    leaving = max(node for node, provider in nodes.items() if provider == providers[2])
+    give_notice(serve.port, providers[2], leaving, window_end, tmp_path)
     bad_attestations_get_their_reason_codes(serve.port, tmp_path, keys[4])
     # the window ends, the engine waits one epoch for late attestations, the clock settles
     time.sleep(max(0.0, (window_end - time.time_ns()) / NS))
@@ -201,7 +201,7 @@ def open_deliveries(port: int) -> list[dict[str, Any]]:
 
 def give_notice(port: int, provider: str, node: str, window_end: int, tmp_path: Path) -> None:
     """`cmx provider deregister-node` refuses a time inside the window sold on the node and
-    by default deregisters it from the window's end."""
+    by default deregisters it from past the windows it may still sell."""
     command = ["provider", "deregister-node", "--port", str(port), "--key", provider,
                "--node", node]
     early = datetime.fromtimestamp(window_end // NS - 2, UTC).isoformat()
@@ -216,7 +216,8 @@ def give_notice(port: int, provider: str, node: str, window_end: int, tmp_path: 
     said = out.getvalue().split()
     assert said[:4] == ["node", node, "deregistered", "from"], said
     effective = datetime.fromisoformat(said[4].rstrip(":")).timestamp() * NS
-    assert effective >= window_end
+    # and past the windows the node may sell until the exchange learns of it (ten minutes)
+    assert effective >= window_end and effective >= time.time_ns() + 9 * 60 * NS
     (tmp_path / "notice").write_text(f"{node} {int(effective)}")
 
 
