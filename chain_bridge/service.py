@@ -171,7 +171,7 @@ class ChainService:
             self._thread.shutdown()
             raise
         assert self.bridge is not None
-        self._status = await self._call(self._status_now)
+        self._status = self._with_engine(await self._call(self._status_now))
         self.server.routes["/api/chain"] = lambda _query: self._status
         self.server.routes["/api/chain/withdrawal"] = self._withdrawal
         self.server.routes["/api/providers"] = self._providers
@@ -312,17 +312,21 @@ class ChainService:
         return commands, self._status_now(fresh=time.monotonic() - self._status_at >= STATUS_S)
 
     def _status_now(self, *, fresh: bool = True) -> dict[str, Any]:
-        """What ``/api/chain`` answers: the engine's part now, the chain's (a dozen calls)
-        asked again only if ``fresh``."""
+        """The chain's part of what ``/api/chain`` answers (a dozen calls), asked again only
+        if ``fresh`` (on the chain thread: the engine's part is added on the event loop,
+        `_with_engine`)."""
         assert self.bridge is not None
         if not fresh:
-            status = dict(self._status)
-        else:
-            self._status_at = time.monotonic()
-            try:
-                status = self.bridge.status()
-            except Exception as exc:  # the node is down: show what is known
-                status = {**self._status, "error": str(exc)}
+            return dict(self._status)
+        self._status_at = time.monotonic()
+        try:
+            return self.bridge.status()
+        except Exception as exc:  # the node is down: show what is known
+            return {**self._status, "error": str(exc)}
+
+    def _with_engine(self, status: dict[str, Any]) -> dict[str, Any]:
+        """``status`` with the engine's part, read now (on the event loop, as the engine
+        is)."""
         clearing = self.gateway.exchange.clearing
         status["engine_next_batch_id"] = clearing.next_batch_id
         status["engine_unconfirmed_batches"] = len(clearing.unconfirmed)
@@ -360,7 +364,8 @@ class ChainService:
             last = uptime.last_epoch()
             due = epoch if last is None or epoch > last.epoch else None
             try:
-                commands, self._status = await self._call(self._poll, view, due)
+                commands, status = await self._call(self._poll, view, due)
+                self._status = self._with_engine(status)
             except Exception:
                 log.exception("chain bridge round failed")
                 commands = []
