@@ -11,81 +11,69 @@ node-epoch on chain: ``UptimeRegistry.verifyAttestation`` with the node, epoch, 
 and signature, and ``ClearingHouse.verifyProof`` with the batch's root, the leaf and its
 proof.
 
-The file is JSON lines, appended to and never rewritten, one record a line:
+The archive is an SQLite database (Python's ``sqlite3``, WAL journal): the records live on
+disk, not in memory, so it grows with the exchange's history without growing the process,
+and a proof is two indexed lookups. Two tables:
 
-* ``{"type": "accepted", "node", "epoch", "beacon", "nonce", "signature", "digest"}``;
-* ``{"type": "confirmed", "batch_id", "attestations": [[node, epoch, nonce, digest], ...]}``
-  (the batch's attestations in their committed order: enough to rebuild its root). A batch
-  is recorded once; one with no attestations is not recorded.
+* ``accepted (node, epoch, beacon, nonce, signature, digest)``: each attestation accepted
+  (an identical repeat, submitted again after a restart, is kept once);
+* ``committed (batch_id, position, node, epoch, nonce, digest)``: each confirmed batch's
+  attestations in their committed order (enough to rebuild its root). A batch is recorded
+  once; one with no attestations is not recorded.
 
-Each record is written with one ``write`` and no fsync: a process crash loses nothing, a
-power loss may tear the last line, which the next load drops. Nothing else in the file is
-forgiven (`ArchiveError`). A crash between the two halves costs nothing: an attestation
+Nonces are uint64 and SQLite integers int64, so nonces are stored as decimal text. Each record
+is committed on its own (``synchronous=NORMAL``): a process crash loses nothing, a power loss
+at most the last records. A crash between the two halves costs nothing: an attestation
 sequenced is recorded first, and a batch whose confirmation was lost is confirmed again by
-the restarted bridge (recorded once). The records are held in memory; one instance is used
-from one thread.
+the restarted bridge (recorded once). One instance is used by one thread at a time. A
+database error (a full disk, say) is an `ArchiveError`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import sqlite3
 from pathlib import Path
 from typing import Any
-
-import msgspec
 
 from chain_bridge.attestation import Attestation
 from chain_bridge.batches import attestation_proof, attestations_root
 from engine.clearing import BatchAttestation, ClearingBatch
 
-log = logging.getLogger("cmx.archive")
+MAX_INT64 = (1 << 63) - 1
+"""The largest epoch SQLite stores as an integer (the engine's epochs are int64 too)."""
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accepted (
+    node TEXT NOT NULL, epoch INTEGER NOT NULL, beacon TEXT NOT NULL, nonce TEXT NOT NULL,
+    signature TEXT NOT NULL, digest TEXT NOT NULL,
+    UNIQUE (node, epoch, nonce, digest, beacon, signature));
+CREATE TABLE IF NOT EXISTS committed (
+    batch_id INTEGER NOT NULL, position INTEGER NOT NULL, node TEXT NOT NULL,
+    epoch INTEGER NOT NULL, nonce TEXT NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY (batch_id, position));
+CREATE INDEX IF NOT EXISTS committed_node_epoch ON committed (node, epoch, batch_id);
+"""
 
 
-class Accepted(msgspec.Struct, frozen=True, tag="accepted"):
-    """An attestation the collector accepted, with its digest (0x hex)."""
-
-    node: str
-    epoch: int
-    beacon: str
-    nonce: int
-    signature: str
-    digest: str
-
-
-class Confirmed(msgspec.Struct, frozen=True, tag="confirmed"):
-    """A batch the chain confirmed, with the attestations its root commits."""
-
-    batch_id: int
-    attestations: list[BatchAttestation]
-
-
-Record = Accepted | Confirmed
-
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Record)
-
-
-class ArchiveError(ValueError):
-    """The archive file holds something other than records (a torn last line aside)."""
+ArchiveError = sqlite3.Error
+"""What the archive raises when the database fails (the proofs it would keep are lost)."""
 
 
 class AttestationArchive:
-    """The append-only archive at ``path`` (its directory is created; the records already
-    there are loaded)."""
+    """The archive at ``path`` (its directory is created; an existing archive is opened)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._accepted: dict[tuple[str, int], list[Accepted]] = {}
-        self._batches: dict[int, list[BatchAttestation]] = {}
-        self._batch_of: dict[tuple[str, int], int] = {}
-        self._load()
-        self._file = path.open("ab", buffering=0)
+        # autocommit unless BEGIN; opened on the chain service's thread, then used on the
+        # event loop's: one thread at a time, never two at once
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
 
     def close(self) -> None:
-        """Close the file (the archive takes no more records)."""
-        self._file.close()
+        """Close the database (the archive takes no more records)."""
+        self._db.close()
 
     def __enter__(self) -> AttestationArchive:
         return self
@@ -97,61 +85,28 @@ class AttestationArchive:
 
     def accepted(self, attestation: Attestation, digest: str) -> None:
         """The collector accepted ``attestation``, whose digest is ``digest`` (0x hex)."""
-        record = Accepted(attestation.node.lower(), attestation.epoch, attestation.beacon,
-                          attestation.nonce, attestation.signature.lower(), digest.lower())
-        if record in self._accepted.get((record.node, record.epoch), ()):
-            return  # submitted again after a restart: already here
-        self._append(record)
+        self._db.execute(
+            "INSERT OR IGNORE INTO accepted VALUES (?, ?, ?, ?, ?, ?)",
+            (attestation.node.lower(), attestation.epoch, attestation.beacon.lower(),
+             str(attestation.nonce), attestation.signature.lower(), digest.lower()))
 
     def confirmed(self, batch: ClearingBatch) -> None:
         """The chain confirmed ``batch``: its attestations are provable (once per batch)."""
-        if not batch.attestations or batch.batch_id in self._batches:
+        if not batch.attestations:
             return
-        self._append(Confirmed(batch.batch_id, list(batch.attestations)))
+        with self._db:  # one transaction: the whole batch or none of it
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR IGNORE INTO committed VALUES (?, ?, ?, ?, ?, ?)",
+                [(batch.batch_id, position, a.node, a.epoch, str(a.nonce), a.digest)
+                 for position, a in enumerate(batch.attestations)])
 
-    def _append(self, record: Record) -> None:
-        self._file.write(_encoder.encode(record) + b"\n")
-        self._apply(record)
-
-    def _apply(self, record: Record) -> None:
-        if isinstance(record, Accepted):
-            self._accepted.setdefault((record.node, record.epoch), []).append(record)
-            return
-        if record.batch_id in self._batches:
-            return
-        self._batches[record.batch_id] = record.attestations
-        for entry in record.attestations:
-            self._batch_of.setdefault((entry.node, entry.epoch), record.batch_id)
-
-    def _load(self) -> None:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return
-        lines = data.split(b"\n")
-        tail = lines.pop()  # what follows the last newline: empty unless a write was torn
-        offset = 0
-        for number, line in enumerate(lines, 1):
-            try:
-                self._apply(_decoder.decode(line))
-            except msgspec.DecodeError as exc:
-                raise ArchiveError(f"{self.path}, line {number}: {exc}") from exc
-            offset += len(line) + 1
-        if tail:
-            try:  # a record complete but for its newline is kept
-                record: Record | None = _decoder.decode(tail)
-            except msgspec.DecodeError:
-                record = None
-            with self.path.open("r+b") as f:
-                if record is None:
-                    log.warning("%s: dropping a torn last line (%d bytes)", self.path,
-                                len(tail))
-                    f.truncate(offset)
-                else:
-                    f.seek(0, os.SEEK_END)
-                    f.write(b"\n")
-            if record is not None:
-                self._apply(record)
+    def _batch(self, batch_id: int) -> list[BatchAttestation]:
+        rows = self._db.execute(
+            "SELECT node, epoch, nonce, digest FROM committed WHERE batch_id = ? "
+            "ORDER BY position", (batch_id,))
+        return [BatchAttestation(node, epoch, int(nonce), digest)
+                for node, epoch, nonce, digest in rows]
 
     # --- proofs -------------------------------------------------------------------------
 
@@ -167,27 +122,35 @@ class AttestationArchive:
           fields (``node``, ``epoch``, ``beacon``, ``nonce``, ``signature``, ``digest``);
         * never accepted: None.
         """
+        if not 0 <= epoch <= MAX_INT64:
+            return None  # no epoch that large was ever accepted
         key = (node.lower(), epoch)
-        accepted = self._accepted.get(key, [])
-        batch_id = self._batch_of.get(key)
-        if batch_id is None:
+        accepted = self._db.execute(
+            "SELECT beacon, nonce, signature, digest FROM accepted WHERE node = ? AND "
+            "epoch = ? ORDER BY rowid", key).fetchall()
+        found = self._db.execute(
+            "SELECT batch_id FROM committed WHERE node = ? AND epoch = ? ORDER BY batch_id "
+            "LIMIT 1", key).fetchone()
+        if found is None:
             if not accepted:
                 return None
-            first = accepted[0]  # the engine records the first it is sent, refuses repeats
-            return {"pending": True, **msgspec.structs.asdict(first)}
-        batch = self._batches[batch_id]
+            beacon, nonce, signature, digest = accepted[0]  # the engine records the first
+            return {"pending": True, "node": key[0], "epoch": epoch, "beacon": beacon,
+                    "nonce": int(nonce), "signature": signature, "digest": digest}
+        (batch_id,) = found
+        batch = self._batch(batch_id)
         entry = next(a for a in batch if (a.node, a.epoch) == key)
-        full = next((a for a in accepted
-                     if (a.nonce, a.digest) == (entry.nonce, entry.digest)), None)
+        full = next((a for a in accepted if (int(a[1]), a[3]) == (entry.nonce, entry.digest)),
+                    None)
         leaf, siblings = attestation_proof(batch, *key)
         return {
             "pending": False,
             "batch_id": batch_id,
             "node": entry.node,
             "epoch": entry.epoch,
-            "beacon": full.beacon if full is not None else None,
+            "beacon": full[0] if full is not None else None,
             "nonce": entry.nonce,
-            "signature": full.signature if full is not None else None,
+            "signature": full[2] if full is not None else None,
             "digest": entry.digest,
             "leaf": "0x" + leaf.hex(),
             "proof": ["0x" + sibling.hex() for sibling in siblings],

@@ -14,7 +14,7 @@ each round the loop hands the bridge a view of the engine, the bridge answers wi
 to sequence. Clearing cuts are sequenced every ``--batch-interval`` seconds, or sooner once
 ``--batch-fills`` fills wait. The server gains ``/api/chain`` (what ``cmx chain status``
 shows), ``/api/chain/withdrawal?id=N``, ``/api/chain/proof?node=A&epoch=N`` (what ``cmx
-chain proof`` checks, from the attestation archive ``chain/attestations.jsonl``,
+chain proof`` checks, from the attestation archive ``chain/attestations.sqlite``,
 `chain_bridge.archive`) and the websocket path ``/chain`` through which ``cmx deposit``
 reaches the chain, whichever it is (`chain_bridge.wallet`).
 """
@@ -42,7 +42,7 @@ from websockets.exceptions import ConnectionClosed
 
 from chain_bridge import deployment as deployments
 from chain_bridge.anvil import AnvilNode
-from chain_bridge.archive import AttestationArchive
+from chain_bridge.archive import ArchiveError, AttestationArchive
 from chain_bridge.attestation import DEFAULT_DIFFICULTY, Attestation
 from chain_bridge.bridge import ChainBridge, EngineView
 from chain_bridge.chain import ETHER, Chain, ChainError, embedded, rpc
@@ -238,7 +238,7 @@ class ChainService:
             0 if chain.local else 12
         self.bridge = ChainBridge(chain, found, operator, confirmations=confirmations)
         self.desk = WalletDesk(chain, found)
-        self.archive = AttestationArchive(self.dir / "attestations.jsonl")
+        self.archive = AttestationArchive(self.dir / "attestations.sqlite")
         target = int(self.bridge.registry.functions.target().call())
         self.collector = Collector(chain_id=chain.chain_id, registry=found.registry,
                                    target=target, epoch_ns=self.epoch_ns)
@@ -426,7 +426,7 @@ class ChainService:
         assert self.archive is not None
         try:  # its beacon and signature, for proofs; the uptime counts even if this fails
             self.archive.accepted(attestation, verdict.digest)
-        except OSError:
+        except ArchiveError:
             log.exception("attestation archive: %s epoch %d not recorded", attestation.node,
                           attestation.epoch)
         self.gateway.submit(AttestationAccepted(attestation.node, attestation.epoch,
@@ -491,7 +491,7 @@ class ChainService:
             if batch.batch_id == batch_id:
                 try:  # clearing goes on without it: only proofs are lost
                     self.archive.confirmed(batch)
-                except OSError:
+                except ArchiveError:
                     log.exception("attestation archive: batch %d not recorded", batch_id)
                 return
 

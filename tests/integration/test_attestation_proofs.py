@@ -70,7 +70,7 @@ class Proved:
                                    target=self.target, epoch_ns=EPOCH_NS)
         for address in self.nodes:
             self.collector.register(address, provider.address, "GPU.H100", 8)
-        self.archive = AttestationArchive(tmp_path / "chain" / "attestations.jsonl")
+        self.archive = AttestationArchive(tmp_path / "chain" / "attestations.sqlite")
         self.desk = WalletDesk(chain, self.deployment)
 
     def beacon(self, epoch: int) -> bytes:

@@ -1,14 +1,16 @@
-"""`AttestationArchive` on disk: proofs from what it recorded, after a reload, after a torn
-last line; a batch recorded once; unknown and pending node-epochs told apart."""
+"""`AttestationArchive` on disk: proofs from what it recorded, after a reopen, after a crash
+that left a transaction unfinished; a batch recorded once; unknown and pending node-epochs
+told apart; uint64 nonces."""
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
-import pytest
 from eth_hash.auto import keccak
 
-from chain_bridge.archive import ArchiveError, AttestationArchive
+from chain_bridge.archive import AttestationArchive
 from chain_bridge.attestation import Attestation
 from chain_bridge.batches import attestation_leaf, attestation_proof, attestations_root
 from chain_bridge.merkle import verify_proof
@@ -62,7 +64,7 @@ def assert_proves(archive: AttestationArchive, cut: ClearingBatch, att: Attestat
 
 
 def test_each_confirmed_attestation_has_a_proof_of_its_batch(tmp_path: Path) -> None:
-    path = tmp_path / "deep" / "chain" / "attestations.jsonl"
+    path = tmp_path / "deep" / "chain" / "attestations.sqlite"
     with AttestationArchive(path) as archive:
         first = record(archive, 3, [attestation(n, 7) for n in range(5)])
         second = record(archive, 4, [attestation(n, 8) for n in range(3)])
@@ -77,7 +79,7 @@ def test_each_confirmed_attestation_has_a_proof_of_its_batch(tmp_path: Path) -> 
 
 
 def test_a_reload_proves_the_same(tmp_path: Path) -> None:
-    path = tmp_path / "attestations.jsonl"
+    path = tmp_path / "attestations.sqlite"
     with AttestationArchive(path) as archive:
         cut = record(archive, 1, [attestation(n, 2) for n in range(4)])
         archive.accepted(attestation(0, 3), digest_of(attestation(0, 3)))
@@ -89,72 +91,59 @@ def test_a_reload_proves_the_same(tmp_path: Path) -> None:
         assert (again.proof(node(0), 3) or {}).get("pending") is True
 
 
-def test_a_torn_last_line_is_dropped_and_the_archive_goes_on(tmp_path: Path) -> None:
-    path = tmp_path / "attestations.jsonl"
+def test_a_crash_mid_batch_leaves_none_of_it_and_the_archive_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "attestations.sqlite"
     with AttestationArchive(path) as archive:
         cut = record(archive, 1, [attestation(n, 2) for n in range(3)])
-        archive.accepted(attestation(5, 3), digest_of(attestation(5, 3)))
-    whole = path.read_bytes()
-    last = whole.rstrip(b"\n").rsplit(b"\n", 1)[1]
-    path.write_bytes(whole[:-len(last) // 2])  # the last record half written
+        later = [attestation(5, 3), attestation(6, 3)]
+        for att in later:
+            archive.accepted(att, digest_of(att))
+    # another connection dies holding half of batch 2's rows in an open transaction
+    crashed = sqlite3.connect(path, isolation_level=None)
+    crashed.execute("BEGIN")
+    crashed.execute("INSERT INTO committed VALUES (2, 0, ?, 3, '5003', ?)",
+                    (later[0].node, digest_of(later[0])))
+    crashed.close()  # never committed
     with AttestationArchive(path) as archive:
-        assert archive.proof(node(5), 3) is None  # lost with its line
         for n in range(3):
             assert_proves(archive, cut, attestation(n, 2))
-        later = record(archive, 2, [attestation(5, 3), attestation(6, 3)])
-    assert path.read_bytes().startswith(whole[:-len(last) - 1])
+        assert (archive.proof(node(5), 3) or {}).get("pending") is True
+        again = record(archive, 2, later)  # the restarted bridge confirms it again
     with AttestationArchive(path) as archive:
-        for n in range(3):
-            assert_proves(archive, cut, attestation(n, 2))
-        for n in (5, 6):
-            assert_proves(archive, later, attestation(n, 3))
+        for att in later:
+            assert_proves(archive, again, att)
 
 
-def test_a_last_record_without_its_newline_is_kept(tmp_path: Path) -> None:
-    path = tmp_path / "attestations.jsonl"
-    with AttestationArchive(path) as archive:
-        cut = record(archive, 1, [attestation(1, 2), attestation(2, 2)])
-    path.write_bytes(path.read_bytes().rstrip(b"\n"))
-    with AttestationArchive(path) as archive:
-        assert_proves(archive, cut, attestation(2, 2))
-        archive.accepted(attestation(1, 3), digest_of(attestation(1, 3)))
-    with AttestationArchive(path) as archive:
-        assert_proves(archive, cut, attestation(2, 2))
-        assert (archive.proof(node(1), 3) or {}).get("pending") is True
-
-
-def test_damage_before_the_last_line_is_an_error(tmp_path: Path) -> None:
-    path = tmp_path / "attestations.jsonl"
-    with AttestationArchive(path) as archive:
-        record(archive, 1, [attestation(1, 2), attestation(2, 2)])
-    lines = path.read_bytes().split(b"\n")
-    lines[1] = lines[1][:10]
-    path.write_bytes(b"\n".join(lines))
-    with pytest.raises(ArchiveError, match="line 2"):
-        AttestationArchive(path)
+def test_a_nonce_past_int64_is_kept_exactly(tmp_path: Path) -> None:
+    with AttestationArchive(tmp_path / "attestations.sqlite") as archive:
+        att = Attestation(node(1), 2, attestation(1, 2).beacon, 2**64 - 1,
+                          attestation(1, 2).signature)
+        cut = record(archive, 1, [att])
+        assert_proves(archive, cut, att)
+        assert archive.proof(node(1), 2**64 - 1) is None  # past the engine's epochs
 
 
 def test_a_batch_is_recorded_once_and_one_without_attestations_not_at_all(
         tmp_path: Path) -> None:
-    path = tmp_path / "attestations.jsonl"
+    path = tmp_path / "attestations.sqlite"
     with AttestationArchive(path) as archive:
         cut = record(archive, 1, [attestation(n, 2) for n in range(3)])
-        size = path.stat().st_size
         archive.confirmed(cut)
         archive.confirmed(cut)
         archive.confirmed(batch(2, []))
         for att in (attestation(n, 2) for n in range(3)):  # submitted again after a restart
             archive.accepted(att, digest_of(att))
-        assert path.stat().st_size == size
     with AttestationArchive(path) as archive:
         archive.confirmed(cut)  # confirmed again by a restarted bridge
-        assert path.stat().st_size == size
         assert_proves(archive, cut, attestation(1, 2))
-    assert len(path.read_bytes().splitlines()) == 4  # three accepted, one confirmed
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT count(*) FROM accepted").fetchone() == (3,)
+        assert db.execute("SELECT DISTINCT batch_id FROM committed").fetchall() == [(1,)]
+        assert db.execute("SELECT count(*) FROM committed").fetchone() == (3,)
 
 
 def test_unknown_and_pending_node_epochs(tmp_path: Path) -> None:
-    with AttestationArchive(tmp_path / "attestations.jsonl") as archive:
+    with AttestationArchive(tmp_path / "attestations.sqlite") as archive:
         assert archive.proof(node(1), 2) is None
         att = attestation(1, 2)
         archive.accepted(att, digest_of(att))
@@ -171,7 +160,7 @@ def test_unknown_and_pending_node_epochs(tmp_path: Path) -> None:
 
 def test_a_batch_confirmed_without_its_acceptance_still_proves_its_leaf(
         tmp_path: Path) -> None:
-    with AttestationArchive(tmp_path / "attestations.jsonl") as archive:
+    with AttestationArchive(tmp_path / "attestations.sqlite") as archive:
         cut = batch(1, [attestation(1, 2), attestation(2, 2)])
         archive.confirmed(cut)
         found = archive.proof(node(2), 2)
@@ -185,7 +174,7 @@ def test_a_batch_confirmed_without_its_acceptance_still_proves_its_leaf(
 
 def test_the_proof_names_the_attestation_the_batch_committed(tmp_path: Path) -> None:
     """Two acceptances of one node-epoch (different nonces): the batch's one is proved."""
-    with AttestationArchive(tmp_path / "attestations.jsonl") as archive:
+    with AttestationArchive(tmp_path / "attestations.sqlite") as archive:
         first, second = attestation(1, 2), Attestation(node(1), 2, attestation(1, 2).beacon,
                                                        77, attestation(2, 2).signature)
         archive.accepted(first, digest_of(first))
