@@ -90,6 +90,9 @@ def register(commands: Any) -> None:
                             "and whether the last reconciliation matched.")
     _server_options(status)
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--batches", type=int, default=None, metavar="N",
+                        help="the attestations root of each of the last N settled batches "
+                        "(read from the chain; default the last ten)")
     status.set_defaults(handler=_status)
     proof = sub.add_parser(
         "proof", help="prove a node's attestation for an epoch against the chain",
@@ -359,7 +362,10 @@ def _deposit(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     try:
         status = chain_status(args.host, args.port)
-    except ConnectionError as exc:
+        if args.batches is not None:
+            status["attestation_roots"] = _attestation_roots(
+                f"ws://{args.host}:{args.port}/chain", status["last_batch_id"], args.batches)
+    except (ConnectionError, ValueError) as exc:
         print(f"cmx chain status: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -380,6 +386,26 @@ def _status(args: argparse.Namespace) -> int:
             if status.get(key):
                 print(f"{key:<16} {status[key]}")
     return 0 if status["reconciled"] else 2
+
+
+def _attestation_roots(url: str, last_batch: int, count: int) -> dict[str, str]:
+    """The attestations roots of the last ``count`` settled batches, from the chain through
+    the server's ``/chain`` (in requests of at most a thousand)."""
+    from chain_bridge.chain import ChainError  # noqa: PLC0415 (web3: only here)
+    from chain_bridge.wallet import MAX_ROOTS, WalletClient  # noqa: PLC0415
+
+    if count < 1:
+        raise ValueError("--batches: at least 1")
+    client = WalletClient(url)
+    roots: dict[str, str] = {}
+    for first in range(max(1, last_batch - count + 1), last_batch + 1, MAX_ROOTS):
+        try:
+            roots.update(client.request({"op": "attestation_roots", "first": first,
+                                         "last": min(last_batch, first + MAX_ROOTS - 1)})
+                         ["roots"])
+        except ChainError as exc:
+            raise ConnectionError(str(exc)) from exc
+    return roots
 
 
 def _register_node(args: argparse.Namespace) -> int:

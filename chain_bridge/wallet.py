@@ -35,6 +35,8 @@ REGISTER_GAS = 200_000
 MAX_UINT64 = 2**64 - 1
 MAX_PROOF = 64
 """Siblings a ``verify_attestation`` proof may have (a tree of 2**64 leaves has 64 levels)."""
+MAX_ROOTS = 1000
+"""Batches one ``attestation_roots`` request may ask for."""
 MAX_SIGNATURE = 1024
 """Bytes a ``verify_attestation`` signature may have (a valid one has 65; others are checked,
 and found invalid, by the contract)."""
@@ -62,11 +64,25 @@ class WalletDesk:
                 return self.send(request["raw"])
             if op == "verify_attestation":
                 return self.verify_attestation(request)
+            if op == "attestation_roots":
+                return self.attestation_roots(request)
         except (ValueError, ChainError) as exc:
             return {"error": str(exc)}
         return {"error": "expected {op: info | account (address) | send (raw) | "
                 "verify_attestation (node, epoch, beacon, nonce, signature, batch_id, leaf, "
-                "proof)}"}
+                "proof) | attestation_roots (first, last)}"}
+
+    def attestation_roots(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``ClearingHouse.attestationsRoots`` of the settled batches ``first`` to ``last``
+        (at most `MAX_ROOTS`, and none past the last settled batch): ``{"roots": {id: 0x}}``."""
+        first, last = _uint64(request, "first"), _uint64(request, "last")
+        if not 1 <= first <= last or last - first >= MAX_ROOTS:
+            raise ValueError(f"first..last: 1 <= first <= last, at most {MAX_ROOTS} batches")
+        house = self.house.functions
+        last = min(last, int(house.lastBatchId().call()))
+        return {"roots": {str(batch_id): "0x" + bytes(
+            house.attestationsRoots(batch_id).call()).hex()
+            for batch_id in range(first, last + 1)}}
 
     def info(self) -> dict[str, Any]:
         """The chain and the contracts."""

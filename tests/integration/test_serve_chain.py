@@ -20,7 +20,7 @@ from eth_account.signers.local import LocalAccount
 from websockets.sync.client import connect
 
 from chain_bridge.anvil import AnvilNode
-from chain_bridge.chain import ETHER, rpc
+from chain_bridge.chain import ETHER, ChainError, rpc
 from chain_bridge.cli import chain_proof
 from chain_bridge.deployment import deploy, save
 from chain_bridge.wallet import WalletClient
@@ -227,6 +227,17 @@ def test_a_registered_node_attests_every_epoch_through_the_agent(
     wait_for("an attestations root on chain", lambda: any(
         root != "0x" + "00" * 32 for root in chain_status(serve.port)["attestation_roots"]
         .values()))
+    # the root of each settled batch, read from the chain
+    every = cmx("chain", "status", "--json", "--batches", "100000", "--port", str(serve.port))
+    assert every.returncode in (0, 2), every.stderr
+    roots = json.loads(every.stdout)["attestation_roots"]
+    assert sorted(map(int, roots)) == list(range(1, len(roots) + 1)) and roots
+    recent = chain_status(serve.port)["attestation_roots"]
+    assert {k: roots[k] for k in recent if k in roots} == \
+        {k: v for k, v in recent.items() if k in roots}
+    with pytest.raises(ChainError, match="first"):
+        WalletClient(f"ws://127.0.0.1:{serve.port}/chain").request(
+            {"op": "attestation_roots", "first": 0, "last": 5})
     # `cmx chain proof` proves an epoch whose batch settled, here and on chain
     settled = [settled_epoch(serve.port, node)]
     proof = cmx("chain", "proof", "--node", node, "--epoch", str(settled[0]), "--port",
