@@ -283,7 +283,7 @@ class Exchange:
         if not market.min_price <= limit <= market.max_price:
             return None  # the book refuses it with the precise reason
         if market.spot and cmd.side == Side.SELL:
-            if self._over_capacity(cmd.account, market, cmd.qty):
+            if cmd.qty > self.spot_room(cmd.account, market):
                 return Reason.CAPACITY_EXCEEDED
             limit = self._sell_lock_price(market, cmd)
         need = market.order_lock(cmd.side, limit, cmd.qty)
@@ -300,7 +300,12 @@ class Exchange:
             return Reason.INSUFFICIENT_FUNDS if market.spot else Reason.INSUFFICIENT_MARGIN
         return None
 
-    def _over_capacity(self, account: str, market: Market, qty: int) -> bool:
+    def spot_room(self, account: str, market: Market) -> int:
+        """Lots ``account`` may still offer on spot ``market`` in the window after the last
+        command's time: with nodes of the underlying, their free units there
+        (`Uptime.free_units`) less its open sells; without, its capacity less its open sells
+        and what the window has sold. Below zero when its open sells no longer fit (its
+        nodes stopped attesting). A spot sell of more is refused."""
         underlying = market.instrument.underlying
         window = window_start(self._ts, market.window_ns)
         committed = self.open_sells.get((account, market.symbol), 0)
@@ -308,7 +313,7 @@ class Exchange:
         if free is None:  # no nodes: the capacity set, less what the window has sold
             committed += self.sold.get((account, underlying, window), 0)
             free = self.capacity.get((account, underlying), 0)
-        return committed + qty > free
+        return free - committed
 
     def free_collateral(self, account: str) -> int:
         """What the account may commit now: available, less futures losses not yet settled.
@@ -353,7 +358,7 @@ class Exchange:
             change = cmd.qty - order.remaining
             if market.spot:
                 if order.side == Side.SELL and change > 0 and \
-                        self._over_capacity(order.account, market, change):
+                        change > self.spot_room(order.account, market):
                     self._events.append(OrderRejected(cmd.order_id, cmd.account, cmd.symbol,
                                                       "", Reason.CAPACITY_EXCEEDED))
                     return

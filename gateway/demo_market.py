@@ -31,7 +31,7 @@ What it does, all in integer ticks, lots and micro-USDC:
   expired futures.
 
 Nothing is sent that the exchange would refuse: orders stay inside the price band, spot sells
-inside what the seller may offer (`DemoMarket.spot_room`: its nodes' free units, or its
+inside what the seller may offer (`Exchange.spot_room`: its nodes' free units, or its
 capacity), and an account whose free collateral is below `RESERVE` waits.
 """
 
@@ -54,7 +54,6 @@ from engine.commands import (
     PlaceOrder,
     SetCapacity,
 )
-from engine.delivery import window_start
 from engine.exchange import Exchange
 from engine.instruments import Instrument
 from engine.market import Market
@@ -383,7 +382,7 @@ class DemoMarket:
 
     def _can_add(self, account: str, market: Market, side: Side, lots: int) -> bool:
         """Whether ``account`` may add ``lots`` on ``side`` without a refusal: collateral
-        above the reserve, and for a spot sell room left (`spot_room`)."""
+        above the reserve, and for a spot sell room left (`Exchange.spot_room`)."""
         if lots <= 0:
             return True
         ex = self.exchange
@@ -391,26 +390,7 @@ class DemoMarket:
             return False
         if not market.spot or side == Side.BUY:
             return True
-        return lots <= self.spot_room(account, market)
-
-    def spot_room(self, account: str, market: Market) -> int:
-        """Lots ``account`` may still offer on spot ``market``, counted as the engine counts
-        them (`Exchange._over_capacity`): with nodes of the underlying, their free units in
-        the delivery window (`Uptime.free_units`) less its open sells; without, its capacity
-        less its open sells and what the window has sold. Below zero when its open sells no
-        longer fit.
-
-        The window is the one after the last command's time; the next command's may fall in
-        a later window, whose room is no smaller (nothing is sold in it yet)."""
-        ex = self.exchange
-        underlying = market.instrument.underlying
-        window = window_start(ex.last_ts, market.window_ns)
-        committed = ex.open_sells.get((account, market.symbol), 0)
-        free = ex.uptime.free_units(account, underlying, window, window + market.window_ns)
-        if free is None:
-            committed += ex.sold.get((account, underlying, window), 0)
-            free = ex.capacity.get((account, underlying), 0)
-        return free - committed
+        return lots <= self.exchange.spot_room(account, market)
 
     def _fit_sells(self, account: str, market: Market) -> None:
         """A provider selling from nodes cancels its highest spot asks until its open sells
@@ -418,7 +398,7 @@ class DemoMarket:
         if not market.spot or \
                 not self.exchange.uptime.has_nodes(account, market.instrument.underlying):
             return
-        excess = -self.spot_room(account, market)
+        excess = -self.exchange.spot_room(account, market)
         quotes = self._live_quotes(account, market.symbol)
         asks = sorted(((q.price, i) for i, q in quotes.items() if q.side == Side.SELL),
                       reverse=True)

@@ -36,6 +36,7 @@ from chain_bridge.attestation import (
     target_of,
 )
 from chain_bridge.collector import NS, Collector, Reason
+from loadtest.report import aligned
 
 TARGET_VERIFIED_PER_S = 10_000
 MAX_NODES = 1_000
@@ -234,8 +235,7 @@ def report(r: AttestBenchResult) -> str:
         ("hashes/s, solve (eth_hash one by one)",
          f"{r.hashes_per_s:,.0f} ({r.eth_hash_per_s:,.0f})"),
     ]
-    width = max(len(name) for name, _ in rows)
-    lines = [f"{name:<{width}}  {value:>26}" for name, value in rows]
+    lines = aligned(rows, 26)
     verdict = "met" if r.meets_verified_per_s else "MISSED"
     lines.append("")
     lines.append(f"BENCHMARKS.md, attestations verified by the collector >= "

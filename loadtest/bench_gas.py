@@ -59,6 +59,7 @@ from engine.events import CommandRejected, ExchangeEvent, OrderRejected, Trade
 from engine.exchange import Exchange
 from engine.messages import Side
 from engine.registry import Registry
+from loadtest.report import aligned
 
 ACCOUNTS = 1000
 PROBE_DELTAS = 200
@@ -406,8 +407,7 @@ def report(r: GasBenchResult) -> str:
         ("funded-account deltas per block", f"{r.accounts_per_block:,}"),
         ("new-account deltas per block", f"{r.new_accounts_per_block:,}"),
     ]
-    width = max(len(name) for name, _ in rows)
-    lines = [f"{name:<{width}}  {value:>24}" for name, value in rows]
+    lines = aligned(rows, 24)
     verdict = "met" if r.meets_gas_per_delta else "MISSED"
     lines.append("")
     lines.append(f"BENCHMARKS.md, gas per account delta <= {TARGET_GAS_PER_DELTA:,}: {verdict} "

@@ -71,6 +71,13 @@ def order_entry_text(figures: dict[str, Any]) -> str:
             f"max {figures['max_us'] / 1000:.2f} ms")
 
 
+def aligned(rows: Sequence[tuple[str, str]], value_width: int) -> list[str]:
+    """``rows`` of (name, value) as lines: names left-aligned in one column, values
+    right-aligned in ``value_width``."""
+    width = max(len(name) for name, _ in rows)
+    return [f"{name:<{width}}  {value:>{value_width}}" for name, value in rows]
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write figures as indented JSON."""
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
